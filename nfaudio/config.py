@@ -1,0 +1,358 @@
+"""Typed configuration tree for nfaudio recipes.
+
+A recipe is a YAML file whose sections map one-to-one onto the dataclasses below. Unknown keys are
+errors that name the key and its closest match; command-line overrides use dotted keys
+(``--set optim.lr=0.01``). Every run directory receives the resolved config (``config.yaml``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A recipe or override that does not fit the config tree."""
+
+
+@dataclass
+class DataConfig:
+    """Where the recordings are and how they are read.
+
+    ``kind`` is ``birdclef`` (a Kaggle BirdCLEF root), ``folder`` (``root/<label>/*.ext``), ``csv``
+    (a generic ``path,label[,fold][,group]`` manifest) or ``auto`` (guessed from ``root``/``manifest``).
+    """
+
+    kind: str = "auto"
+    root: str | None = None
+    manifest: str | None = None
+    metadata: str | None = None
+    path_column: str = "path"
+    label_column: str = "label"
+    split_column: str | None = None
+    train_split: str = "train"
+    val_split: str = "test"
+    validate: bool = True
+    min_duration: float = 0.0
+    num_workers: int = 2
+
+
+@dataclass
+class AudioConfig:
+    """Decoding and cropping: sample rate, training window length (s) and crop policy."""
+
+    sample_rate: int = 32000
+    duration: float = 5.0
+    eval_crop: str = "start"
+
+
+@dataclass
+class FrontendConfig:
+    """Log-mel frontend (see :class:`nfaudio.frontend.LogMel`)."""
+
+    n_fft: int = 2048
+    hop_length: int = 512
+    win_length: int | None = None
+    n_mels: int = 128
+    fmin: float = 20.0
+    fmax: float = 16000.0
+    power: float = 2.0
+    top_db: float | None = 80.0
+    normalize: str = "per_clip"
+    mean: float = 0.0
+    std: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    """Training-only augmentation. Probabilities of 0 switch a transform off."""
+
+    gain_p: float = 0.0
+    gain_db: float = 6.0
+    shift_p: float = 0.0
+    noise_p: float = 0.0
+    noise_snr: tuple[float, float] = (10.0, 30.0)
+    noise_color: str = "pink"
+    background_files: list[str] = field(default_factory=list)
+    background_p: float = 0.0
+    background_snr: tuple[float, float] = (3.0, 20.0)
+    mixup_p: float = 0.0
+    mixup_alpha: float = 0.5
+    mixup_rule: str = "max"
+    specaug_p: float = 0.0
+    specaug_freq_width: int = 16
+    specaug_time_width: int = 32
+    specaug_masks: int = 2
+
+
+@dataclass
+class ModelConfigSection:
+    """Which network: a name from ``nfaudio list-models`` (or any timm backbone) and its head."""
+
+    name: str = "eca_nfnet_l0"
+    head: str = "sed"
+    pooling: str = "avg"
+    pretrained: bool | str = False
+    drop_path_rate: float = 0.0
+    drop_rate: float = 0.0
+    stem_stride: int | None = None
+    channels_last: bool = False
+
+
+@dataclass
+class LossConfig:
+    """Loss on clip (and, for SED, max-over-frames) logits."""
+
+    name: str = "bce"
+    frame_weight: float = 0.5
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    secondary_weight: float = 0.5
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and Adaptive Gradient Clipping. ``agc: null`` means on for NF backbones only."""
+
+    name: str = "sgd"
+    lr: float = 0.1
+    backbone_lr_mult: float = 1.0
+    weight_decay: float = 2e-5
+    momentum: float = 0.9
+    nesterov: bool = True
+    agc: bool | None = None
+    agc_clip: float = 0.01
+    agc_eps: float = 1e-3
+
+
+@dataclass
+class ScheduleConfig:
+    """Linear warm-up then cosine decay to ``min_lr_ratio * lr``, stepped per optimizer step."""
+
+    warmup_epochs: float = 1.0
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    accum_steps: int = 1
+    ema: bool = False
+    ema_decay: float = 0.999
+    amp: bool = True
+    early_stop_patience: int | None = None
+    seed: int = 42
+    balanced_alpha: float | None = None
+    use_rating: bool = False
+    freeze_backbone_epochs: int = 0
+    device: str = "auto"
+    metric: str = "macro_auc"
+    val_fold: int = 0
+    eval_batch_size: int | None = None
+    max_steps_per_epoch: int | None = None
+    tensorboard: bool = False
+    wandb: bool = False
+    progress: bool = True
+
+
+@dataclass
+class CVConfig:
+    """Fold assignment for validation and cross-validation."""
+
+    n_folds: int = 5
+    strategy: str = "stratified"
+    group_column: str | None = None
+    folds: list[int] | None = None
+
+
+@dataclass
+class PredictConfig:
+    """Sliding-window prediction over long recordings."""
+
+    hop: float | None = None
+    batch_size: int = 32
+    last: str = "pad"
+
+
+@dataclass
+class Config:
+    """The whole recipe."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    frontend: FrontendConfig = field(default_factory=FrontendConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfigSection = field(default_factory=ModelConfigSection)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    cv: CVConfig = field(default_factory=CVConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples become lists), suitable for YAML."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _unknown(key: str, known: list[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
+    return ConfigError(f"unknown key '{where}{key}'{hint}")
+
+
+def _coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check/convert a YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"'{name}': {value!r} does not fit {tp}")
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"'{name}' must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(v, item, name) for v in value]
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if not isinstance(value, list | tuple) or len(value) != len(args):
+            raise ConfigError(f"'{name}' must be a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, a, name) for v, a in zip(value, args))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{name}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"'{name}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"'{name}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"'{name}' must be a string, got {value!r}")
+    return value
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"section '{where.rstrip('.') or 'root'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise _unknown(str(key), list(fields), where)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, f"{where}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{where}{key}")
+    return cls(**kwargs)
+
+
+def from_dict(values: dict[str, Any] | None) -> Config:
+    """Build a :class:`Config` from a nested dict, rejecting unknown keys.
+
+    Raises:
+        ConfigError: unknown key (named, with its closest match) or a value of the wrong type.
+    """
+    return _build(Config, values or {}, "")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse ``section.key=value``; the value is read as YAML (``0.1``, ``true``, ``[1, 2]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or "." not in key:
+        raise ConfigError(f"override '{text}' must name a section and a key, e.g. optim.lr=0.01")
+    return key, yaml.safe_load(raw) if raw.strip() else ""
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``values`` with dotted overrides applied (validated when built)."""
+    out = _plain(values or {})
+    for text in overrides:
+        key, value = parse_override(text)
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[leaf] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or defaults when ``path`` is None) and apply dotted overrides.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds unknown keys / wrong types.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe not found: {path}")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe {path} is not valid YAML: {exc}") from exc
+        if not isinstance(values, dict):
+            raise ConfigError(f"recipe {path} must be a mapping of sections")
+        _resolve_paths(values, path.parent)
+    try:
+        return from_dict(apply_overrides(values, overrides or []))
+    except ConfigError as exc:
+        where = f" in {path}" if path is not None else ""
+        raise ConfigError(f"{exc}{where}") from None
+
+
+def _resolve_paths(values: dict[str, Any], base: Path) -> None:
+    """Recipe-relative data paths (``./...``) are resolved against the recipe's folder."""
+    data = values.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("root", "manifest"):
+        value = data.get(key)
+        if isinstance(value, str) and value.startswith(("./", "../")):
+            data[key] = str((base / value).resolve())
+
+
+def dump_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    tmp.replace(path)
