@@ -37,6 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
 
+    p = sub.add_parser("cv", help="K-fold cross-validation: folds.csv, fold{k}/, oof.csv, metrics.json")
+    _add_recipe_args(p)
+    p.add_argument("--out", "-o", type=Path, required=True, help="CV run directory (re-run to resume)")
+    p.add_argument("--folds", type=_int_list, default=None, help="comma-separated folds to train, e.g. 0,2")
+    p.add_argument("--full", action="store_true", help="also train a final model on all rows")
+
+    p = sub.add_parser("evaluate", help="score a competition-format submission CSV against a solution CSV")
+    p.add_argument("--metric", "-m", required=True, help="padded_cmap, macro_auc, map, accuracy")
+    p.add_argument("solution", type=Path)
+    p.add_argument("submission", type=Path)
+    p.add_argument("--id-column", default="row_id")
+
     p = sub.add_parser("demo", help="generate synthetic BirdCLEF-style data, train, score soundscapes")
     p.add_argument("--out", "-o", type=Path, default=Path("runs/demo"), help="output directory")
     p.add_argument("--seed", type=int, default=0)
@@ -65,6 +77,43 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from nfaudio.config import load_config
+    from nfaudio.cv import run_cv
+
+    if args.recipe is None:
+        raise _UsageError("cv needs --recipe RECIPE.yaml")
+    cfg = load_config(args.recipe, args.overrides)
+    m = run_cv(cfg, args.out, folds=args.folds, full=args.full)
+    name = m["metric"]
+    for k, scores in m["per_fold"].items():
+        print(f"fold {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in scores.items()))
+    print(f"mean {name} {m['mean'][name]:.4f} +- {m['std'][name]:.4f}; pooled OOF {m['pooled_oof'][name]:.4f}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from nfaudio.metrics import score_submission
+
+    for path in (args.solution, args.submission):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+    solution = pd.read_csv(args.solution, dtype={args.id_column: str})
+    submission = pd.read_csv(args.submission, dtype={args.id_column: str})
+    score = score_submission(solution, submission, args.metric, id_col=args.id_column)
+    print(f"{args.metric} {score:.6f}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nfaudio.demo import run_demo
 
@@ -86,7 +135,8 @@ class _UsageError(Exception):
     pass
 
 
-COMMANDS = {"train": _cmd_train, "demo": _cmd_demo, "list-models": _cmd_list_models}
+COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
+            "list-models": _cmd_list_models}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -81,7 +81,7 @@ def load_data(cfg: Config) -> Manifest:
     else:
         raise ConfigError("no data: set data.root (BirdCLEF or folder-per-class) or data.manifest (CSV)")
     if not manifest.classes:
-        raise ManifestError(f"{d.manifest or d.root}: empty class list")
+        raise ManifestError(d.manifest or d.root, "empty class list")
     if d.validate:
         manifest, bad = validate_manifest(manifest, sample_rate=cfg.audio.sample_rate,
                                           min_duration=d.min_duration, workers=max(1, d.num_workers), drop=True)
@@ -99,8 +99,8 @@ def split_train_val(cfg: Config, manifest: Manifest, folds: np.ndarray | None = 
     d = cfg.data
     if d.split_column:
         if d.split_column not in manifest.df.columns:
-            raise ManifestError(f"split column '{d.split_column}' not in the manifest "
-                                f"(columns: {', '.join(manifest.df.columns)})")
+            raise ManifestError(d.manifest or d.root, f"split column '{d.split_column}' not in the manifest "
+                                f"(columns: {', '.join(map(str, manifest.df.columns))})")
         split = manifest.df[d.split_column].astype(str).to_numpy()
         return manifest.subset(split == d.train_split), manifest.subset(split == d.val_split)
     if folds is None:

@@ -55,14 +55,14 @@ def resolve_device(name: str = "auto") -> torch.device:
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 - third-party code draws from the legacy global state
     torch.manual_seed(seed)
 
 
 def _worker_init(worker_id: int) -> None:
     """Per-worker seeding: NumPy and ``random`` from torch's per-worker seed."""
     seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002
     random.seed(seed)
 
 
@@ -173,7 +173,7 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: ClipFrameLoss, devic
     """Validation loss, class probabilities ``(N, C)`` and row ids, in loader order."""
     model.eval()
     total, count, probs, ids = 0.0, 0, [], []
-    for wave, target, weight, row_id in loader:
+    for wave, target, _weight, row_id in loader:
         wave, target = wave.to(device), target.to(device)
         out = model(wave)
         total += float(loss_fn(out.clip, out.frame, target)) * len(wave)
@@ -185,7 +185,8 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: ClipFrameLoss, devic
 
 
 def _rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),  # noqa: NPY002
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -193,7 +194,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -205,13 +206,14 @@ def _atomic_save(obj: Any, path: Path) -> None:
     tmp.replace(path)
 
 
-def fit(cfg: Config, train_set: Manifest, val_set: Manifest, out_dir: str | Path,
+def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str | Path,
         resume: bool = False, seed: int | None = None) -> FitResult:
     """Train on ``train_set``, validate on ``val_set`` every epoch, checkpoint into ``out_dir``.
 
     Args:
         cfg: the resolved recipe.
-        train_set, val_set: manifests sharing one class list.
+        train_set, val_set: manifests sharing one class list. ``val_set=None`` trains on everything
+            without validation (the CV ``--full`` model): ``best.pt`` is then the last epoch's model.
         out_dir: run directory (``best.pt``, ``last.pt``, ``history.csv``, ``curves.png``).
         resume: continue from ``out_dir/last.pt`` when it exists.
         seed: overrides ``cfg.train.seed`` (the CV loop passes ``seed + fold``).
@@ -224,9 +226,10 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest, out_dir: str | Path
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if len(train_set) == 0 or len(val_set) == 0:
-        raise ValueError(f"empty split: {len(train_set)} training and {len(val_set)} validation rows")
-    if list(train_set.classes) != list(val_set.classes):
+    if len(train_set) == 0 or (val_set is not None and len(val_set) == 0):
+        n_val = len(val_set) if val_set is not None else 0
+        raise ValueError(f"empty split: {len(train_set)} training and {n_val} validation rows")
+    if val_set is not None and list(train_set.classes) != list(val_set.classes):
         raise ValueError("training and validation manifests have different class lists")
     t = cfg.train
     seed = t.seed if seed is None else seed
@@ -242,9 +245,10 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest, out_dir: str | Path
     train_ds = AudioDataset(train_set, sample_rate=a.sample_rate, duration=a.duration, train=True,
                             transform=transform, secondary_weight=cfg.loss.secondary_weight,
                             label_smoothing=cfg.loss.label_smoothing, use_rating=t.use_rating, seed=seed)
-    val_ds = AudioDataset(val_set, sample_rate=a.sample_rate, duration=a.duration, train=False,
-                          secondary_weight=1.0, crop=a.eval_crop)
-    val_targets = (encode_targets(val_set, secondary_weight=1.0) > 0).astype(np.float32)
+    if val_set is not None:
+        val_ds = AudioDataset(val_set, sample_rate=a.sample_rate, duration=a.duration, train=False,
+                              secondary_weight=1.0, crop=a.eval_crop)
+        val_targets = (encode_targets(val_set, secondary_weight=1.0) > 0).astype(np.float32)
     metric = get_metric(t.metric)
     loss_fn = ClipFrameLoss(cfg.loss.name, cfg.loss.frame_weight, cfg.loss.focal_gamma, cfg.loss.focal_alpha)
     mixup = Mixup(alpha=cfg.augment.mixup_alpha, p=cfg.augment.mixup_p, rule=cfg.augment.mixup_rule)
@@ -271,8 +275,9 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest, out_dir: str | Path
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=t.ema_decay)
-    log.info("training %s on %s: %d train / %d val clips, %d classes, AGC %s, device %s",
-             cfg.model.name, out_dir, len(train_set), len(val_set), len(classes), "on" if agc else "off", device)
+    log.info("training %s in %s: %d train / %d val clips, %d classes, AGC %s, device %s", cfg.model.name,
+             out_dir, len(train_set), len(val_set) if val_set is not None else 0, len(classes),
+             "on" if agc else "off", device)
 
     start_epoch, best_score, best_epoch, history, bad_epochs = 0, -math.inf, -1, [], 0
     last_path = out_dir / "last.pt"
@@ -328,25 +333,30 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest, out_dir: str | Path
                 scheduler.step()
                 if ema is not None:
                     ema.update(model)
-            running += float(loss) * len(wave)
+            running += float(loss.detach()) * len(wave)
             seen += len(wave)
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{running / seen:.4f}", clips_s=f"{seen / (time.perf_counter() - t0):.1f}")
         train_time = time.perf_counter() - t0
         eval_model = ema.module if ema is not None else model
-        val_loader = DataLoader(val_ds, batch_size=t.eval_batch_size or t.batch_size, shuffle=False, **loader_kw)
-        val_loss, probs, _ = evaluate(eval_model, val_loader, loss_fn, device, single_label)
-        score = float(metric(val_targets, probs))
+        if val_set is not None:
+            val_loader = DataLoader(val_ds, batch_size=t.eval_batch_size or t.batch_size, shuffle=False,
+                                    **loader_kw)
+            val_loss, probs, _ = evaluate(eval_model, val_loader, loss_fn, device, single_label)
+            score = float(metric(val_targets, probs))
+        else:
+            val_loss, score = math.nan, float(epoch)  # no validation: the latest epoch is the "best"
         row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_loss": val_loss,
-               "val_score": score, "lr": optimizer.param_groups[-1]["lr"], "clips_per_s": seen / train_time}
+               "val_score": score if val_set is not None else math.nan,
+               "lr": optimizer.param_groups[-1]["lr"], "clips_per_s": seen / train_time}
         history.append(row)
         logger.log(row)
         log.info("epoch %d: train_loss %.4f val_loss %.4f %s %.4f (%.1f clips/s)", epoch + 1,
                  row["train_loss"], val_loss, t.metric, score, row["clips_per_s"])
         if score > best_score:
             best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-            save_model(eval_model, out_dir / "best.pt", classes=classes, epoch=epoch + 1,
-                       score=score, metric=t.metric)
+            save_model(eval_model, out_dir / "best.pt", classes=classes, epoch=epoch + 1, score=score,
+                       metric=t.metric, duration=a.duration, activation="softmax" if single_label else "sigmoid")
         else:
             bad_epochs += 1
         _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),

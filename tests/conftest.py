@@ -1,0 +1,31 @@
+"""Shared fixtures: a tiny synthetic BirdCLEF dataset and a tiny training recipe."""
+
+import pytest
+
+from nfaudio.config import from_dict
+from nfaudio.synth import SynthConfig, generate_dataset
+
+TINY_SYNTH = SynthConfig(n_species=3, clips_per_species=4, clip_seconds=(1.0, 2.0), n_soundscapes=1,
+                         soundscape_seconds=10.0, sample_rate=16000, seed=5, authors_per_species=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_birdclef(tmp_path_factory):
+    """A 3-species, 12-clip BirdCLEF-layout dataset at 16 kHz (generated once per session)."""
+    return generate_dataset(tmp_path_factory.mktemp("birdclef"), TINY_SYNTH)
+
+
+def tiny_recipe(root, **sections):
+    """A recipe that trains nfaudio_tiny for a couple of fast epochs on ``root``."""
+    values = {
+        "data": {"kind": "birdclef", "root": str(root), "num_workers": 0, "validate": False},
+        "audio": {"sample_rate": 16000, "duration": 1.0},
+        "frontend": {"n_fft": 512, "hop_length": 256, "n_mels": 32, "fmin": 20.0, "fmax": 8000.0},
+        "model": {"name": "nfaudio_tiny", "head": "sed"},
+        "optim": {"name": "sgd", "lr": 0.05},
+        "train": {"epochs": 2, "batch_size": 4, "seed": 3, "progress": False},
+        "cv": {"n_folds": 3},
+    }
+    for name, overrides in sections.items():
+        values.setdefault(name, {}).update(overrides)
+    return from_dict(values)

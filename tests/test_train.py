@@ -1,0 +1,127 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import tiny_recipe
+
+from nfaudio import train as train_mod
+from nfaudio.data import read_birdclef
+from nfaudio.models import load_model
+from nfaudio.runs import build_model
+from nfaudio.train import build_optimizer, cosine_lambda, fit, is_normalizer_free, train_from_config
+
+
+def _split(root):
+    m = read_birdclef(root)
+    idx = np.arange(len(m))
+    return m, m.subset(idx % 3 != 0), m.subset(idx % 3 == 0)
+
+
+def test_fit_writes_run_directory(tiny_birdclef, tmp_path):
+    _, tr, va = _split(tiny_birdclef.root)
+    cfg = tiny_recipe(tiny_birdclef.root, augment={"mixup_p": 0.5, "gain_p": 0.5, "specaug_p": 0.5},
+                      train={"ema": True, "ema_decay": 0.9})
+    result = fit(cfg, tr, va, tmp_path)
+    for name in ("config.yaml", "run.json", "best.pt", "last.pt", "history.csv", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    hist = pd.read_csv(tmp_path / "history.csv")
+    assert list(hist["epoch"]) == [1, 2]
+    assert np.isfinite(hist[["train_loss", "val_loss", "val_score"]].to_numpy()).all()
+    assert result.best_score == pytest.approx(hist["val_score"].max())
+    model = load_model(tmp_path / "best.pt")
+    out = model.eval()(torch.zeros(2, 16000))
+    assert out.clip.shape == (2, 3)
+    saved = torch.load(tmp_path / "best.pt", weights_only=False)
+    assert saved["classes"] == list(tr.classes)
+    assert saved["duration"] == 1.0
+
+
+def test_resumed_run_ends_with_identical_weights(tiny_birdclef, tmp_path, monkeypatch):
+    _, tr, va = _split(tiny_birdclef.root)
+    cfg = tiny_recipe(tiny_birdclef.root, augment={"mixup_p": 0.5, "gain_p": 0.5},
+                      model={"drop_path_rate": 0.1}, train={"epochs": 3})
+    fit(cfg, tr, va, tmp_path / "full")
+
+    calls = {"n": 0}
+    real_log = train_mod._Logger.log
+
+    def interrupt_in_epoch_2(self, row):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # after epoch 1's checkpoint, before epoch 2's
+        real_log(self, row)
+
+    monkeypatch.setattr(train_mod._Logger, "log", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, tr, va, tmp_path / "resumed")
+    monkeypatch.setattr(train_mod._Logger, "log", real_log)
+    assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 0
+    fit(cfg, tr, va, tmp_path / "resumed", resume=True)
+
+    a = torch.load(tmp_path / "full" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)
+    assert a["epoch"] == b["epoch"] == 2
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert pd.read_csv(tmp_path / "resumed" / "history.csv")["epoch"].tolist() == [1, 2, 3]
+
+
+def test_agc_default_follows_the_backbone(tiny_birdclef):
+    cfg = tiny_recipe(tiny_birdclef.root)
+    assert is_normalizer_free(build_model(cfg, 3).backbone)
+    bn_cfg = tiny_recipe(tiny_birdclef.root, model={"name": "resnet18"})
+    assert not is_normalizer_free(build_model(bn_cfg, 3).backbone)
+
+
+def test_backbone_lr_multiplier_and_no_decay_groups(tiny_birdclef):
+    cfg = tiny_recipe(tiny_birdclef.root, optim={"lr": 0.1, "backbone_lr_mult": 0.1, "weight_decay": 1e-4})
+    model = build_model(cfg, 3)
+    opt = build_optimizer(model, cfg)
+    backbone = {id(p) for p in model.backbone.parameters()}
+    for group in opt.param_groups:
+        in_bb = {id(p) in backbone for p in group["params"]}
+        assert len(in_bb) == 1
+        assert group["lr"] == pytest.approx(0.01 if in_bb.pop() else 0.1)
+        assert group["weight_decay"] == (0.0 if all(p.ndim <= 1 for p in group["params"]) else 1e-4)
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+
+
+def test_cosine_schedule_values():
+    fn = cosine_lambda(total_steps=10, warmup_steps=2, min_ratio=0.1)
+    assert fn(0) == pytest.approx(0.5)
+    assert fn(1) == pytest.approx(1.0)
+    assert fn(2) == pytest.approx(1.0)
+    assert fn(6) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert fn(10) == pytest.approx(0.1)
+
+
+def test_frozen_backbone_warmup_keeps_backbone_weights(tiny_birdclef, tmp_path):
+    _, tr, va = _split(tiny_birdclef.root)
+    cfg = tiny_recipe(tiny_birdclef.root, train={"epochs": 1, "freeze_backbone_epochs": 1})
+    torch.manual_seed(0)
+    fit(cfg, tr, va, tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
+    train_mod.seed_everything(cfg.train.seed)
+    init = build_model(cfg, 3).state_dict()
+    bb = [k for k in init if k.startswith("backbone.")]
+    head = [k for k in init if k.startswith("head.") and init[k].is_floating_point()]
+    assert bb
+    assert all(torch.equal(init[k], state[k]) for k in bb)
+    assert any(not torch.equal(init[k], state[k]) for k in head)
+
+
+def test_train_from_config_writes_folds(tiny_birdclef, tmp_path):
+    cfg = tiny_recipe(tiny_birdclef.root, train={"epochs": 1, "val_fold": 1})
+    train_from_config(cfg, tmp_path)
+    folds = pd.read_csv(tmp_path / "folds.csv")
+    assert set(folds["fold"]) == {0, 1, 2}
+    assert len(folds) == 12
+    assert pd.read_csv(tmp_path / "history.csv").shape[0] == 1
+
+
+def test_empty_split_is_an_error(tiny_birdclef, tmp_path):
+    m, tr, _ = _split(tiny_birdclef.root)
+    with pytest.raises(ValueError, match="empty split"):
+        fit(tiny_recipe(tiny_birdclef.root), tr, m.subset(np.zeros(len(m), bool)), tmp_path)
