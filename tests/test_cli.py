@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nfaudio import __version__
+from nfaudio.cli import main
+from nfaudio.metrics import macro_roc_auc
+
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"nfaudio {__version__}"
+    assert main([]) == 0
+    assert "list-models" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs():
+    out = subprocess.run([sys.executable, "-m", "nfaudio", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"nfaudio {__version__}"
+
+
+def test_list_models_filters(capsys):
+    assert main(["list-models", "eca_nfnet_l*"]) == 0
+    names = capsys.readouterr().out.split()
+    assert "eca_nfnet_l0" in names
+    assert all(n.startswith("eca_nfnet_l") for n in names)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["train", "--recipe", "missing.yaml", "--out", "x"], "recipe not found: missing.yaml"),
+    (["train", "--out", "x"], "train needs --recipe"),
+])
+def test_user_errors_exit_2_with_one_line(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert message in err[0]
+
+
+def test_bad_key_and_missing_data_are_one_line_errors(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("optim:\n  lrr: 0.1\n")
+    assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "unknown key 'optim.lrr'; did you mean 'lr'?" in capsys.readouterr().err
+    recipe.write_text(f"data:\n  kind: birdclef\n  root: {tmp_path / 'nowhere'}\n")
+    assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "nowhere" in err[0]
+    recipe.write_text("model:\n  name: eca_nfnet_l0\n")
+    assert main(["train", "--recipe", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    assert "no data: set data.root" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_submission_by_row_id(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    ids = [f"soundscape_1_{5 * (i + 1)}" for i in range(20)]
+    truth = pd.DataFrame(rng.integers(0, 2, (20, 3)), columns=["a", "b", "c"])
+    truth.insert(0, "row_id", ids)
+    scores = pd.DataFrame(rng.random((20, 3)), columns=["a", "b", "c"])
+    scores.insert(0, "row_id", ids)
+    truth.to_csv(tmp_path / "solution.csv", index=False)
+    scores.sample(frac=1, random_state=1).to_csv(tmp_path / "submission.csv", index=False)
+    assert main(["evaluate", "--metric", "macro_auc", str(tmp_path / "solution.csv"),
+                 str(tmp_path / "submission.csv")]) == 0
+    expected = macro_roc_auc(truth[["a", "b", "c"]].to_numpy(), scores[["a", "b", "c"]].to_numpy())
+    assert capsys.readouterr().out.strip() == f"macro_auc {expected:.6f}"
+
+    scores.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
+    assert main(["evaluate", "--metric", "macro_auc", str(tmp_path / "solution.csv"), str(tmp_path / "short.csv")]) == 2
+    assert "row" in capsys.readouterr().err
