@@ -1,6 +1,5 @@
-"""Manifests: every on-disk layout becomes one table plus the ordered class list.
+"""Manifests: every on-disk layout becomes one :class:`Manifest`, a pandas table plus the ordered class list.
 
-Every on-disk layout becomes one :class:`Manifest`: a pandas table plus the ordered class list.
 Readers: :func:`read_birdclef` (Kaggle BirdCLEF 2021-2025), :func:`read_folder` (``root/<label>/*.ext``)
 and :func:`read_csv_manifest` (``path,label[,fold][,group]``); :func:`load_manifest` picks one.
 
