@@ -62,7 +62,7 @@ class FrontendConfig:
     win_length: int | None = None
     n_mels: int = 128
     fmin: float = 20.0
-    fmax: float = 16000.0
+    fmax: float | None = 16000.0
     power: float = 2.0
     top_db: float | None = 80.0
     normalize: str = "per_clip"

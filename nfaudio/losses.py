@@ -35,7 +35,7 @@ class ClipFrameLoss(nn.Module):
 
     Args:
         name: ``bce`` (multi-label), ``focal`` (multi-label focal) or ``ce`` (single-label softmax
-            cross-entropy with soft targets).
+            cross-entropy; targets are renormalised to sum to 1 per row).
         frame_weight: weight of the max-over-frames term (0 disables it).
         focal_gamma, focal_alpha: focal loss parameters.
 
@@ -57,7 +57,9 @@ class ClipFrameLoss(nn.Module):
 
     def _per_example(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if self.name == "ce":
-            return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1)  # (B,)
+            # multi-hot / smoothed targets become a distribution over classes
+            dist = targets / targets.sum(-1, keepdim=True).clamp_min(1e-8)
+            return torch.sum(-dist * F.log_softmax(logits, dim=-1), dim=-1)  # (B,)
         if self.name == "focal":
             return focal_bce_with_logits(logits, targets, self.focal_gamma, self.focal_alpha).sum(-1)
         return F.binary_cross_entropy_with_logits(logits, targets, reduction="none").mean(-1)

@@ -17,7 +17,15 @@ import numpy as np
 import nfaudio
 from nfaudio.augment import AddNoise, BackgroundNoise, Compose, Gain, TimeShift
 from nfaudio.config import Config, ConfigError, dump_config
-from nfaudio.data import Manifest, ManifestError, load_manifest, read_csv_manifest, validate_manifest
+from nfaudio.data import (
+    BIRDCLEF_METADATA,
+    Manifest,
+    ManifestError,
+    load_manifest,
+    read_birdclef,
+    read_csv_manifest,
+    validate_manifest,
+)
 from nfaudio.models import AudioClassifier, create_model
 
 log = logging.getLogger(__name__)
@@ -71,13 +79,16 @@ def load_data(cfg: Config) -> Manifest:
     d = cfg.data
     if d.manifest:
         path = Path(d.manifest)
-        if d.kind in ("auto", "csv"):
+        if d.kind == "csv" or (d.kind == "auto" and path.name not in BIRDCLEF_METADATA):
             manifest = read_csv_manifest(path, root=d.root, path_column=d.path_column,
                                          label_column=d.label_column)
+        elif d.kind in ("auto", "birdclef"):  # a BirdCLEF metadata file: its folder is the competition root
+            manifest = read_birdclef(path.parent, metadata=path.name)
         else:
             manifest = load_manifest(d.kind, path)
     elif d.root:
-        manifest = load_manifest(d.kind, Path(d.root))
+        kwargs = {"metadata": d.metadata} if d.metadata and d.kind == "birdclef" else {}
+        manifest = load_manifest(d.kind, Path(d.root), **kwargs)
     else:
         raise ConfigError("no data: set data.root (BirdCLEF or folder-per-class) or data.manifest (CSV)")
     if not manifest.classes:

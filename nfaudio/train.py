@@ -303,13 +303,15 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str
             p.requires_grad_(not frozen)
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        drop_last = len(train_ds) > t.batch_size  # never an epoch of zero steps
         if sample_weights is not None:
             sampler = torch.utils.data.WeightedRandomSampler(
                 sample_weights, num_samples=len(train_ds), replacement=True, generator=gen)
-            loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, drop_last=True, **loader_kw)
+            loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, drop_last=drop_last,
+                                **loader_kw)
         else:
             loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=True, generator=gen,
-                                drop_last=len(train_ds) > t.batch_size, **loader_kw)
+                                drop_last=drop_last, **loader_kw)
         mix_gen = torch.Generator().manual_seed(seed * 1000 + epoch + 1)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0

@@ -59,3 +59,11 @@ def test_bad_arguments():
         ClipFrameLoss("mse")
     with pytest.raises(ValueError, match="frame_weight"):
         ClipFrameLoss("bce", frame_weight=-1)
+
+
+def test_cross_entropy_renormalises_multi_hot_targets():
+    x = torch.randn(2, 4)
+    multi = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.5, 0.0, 0.0, 0.0]])
+    dist = torch.tensor([[0.5, 0.5, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]])
+    fn = ClipFrameLoss("ce", frame_weight=0.0)
+    assert float(fn(x, x[:, None], multi)) == pytest.approx(float(F.cross_entropy(x, dist)), rel=1e-6)

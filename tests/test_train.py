@@ -125,3 +125,21 @@ def test_empty_split_is_an_error(tiny_birdclef, tmp_path):
     m, tr, _ = _split(tiny_birdclef.root)
     with pytest.raises(ValueError, match="empty split"):
         fit(tiny_recipe(tiny_birdclef.root), tr, m.subset(np.zeros(len(m), bool)), tmp_path)
+
+
+def test_small_balanced_training_set_still_takes_a_step(tiny_birdclef, tmp_path):
+    m, _, va = _split(tiny_birdclef.root)
+    tr = m.subset(np.arange(3))
+    cfg = tiny_recipe(tiny_birdclef.root, train={"epochs": 1, "batch_size": 4, "balanced_alpha": 0.5})
+    fit(cfg, tr, va, tmp_path)
+    assert pd.read_csv(tmp_path / "history.csv")["train_loss"].iloc[0] > 0
+
+
+def test_load_data_accepts_a_birdclef_metadata_file(tiny_birdclef):
+    from nfaudio.runs import load_data
+
+    by_root = load_data(tiny_recipe(tiny_birdclef.root, data={"metadata": "train_metadata.csv"}))
+    by_file = load_data(tiny_recipe(None, data={"root": None,
+                                                "manifest": str(tiny_birdclef.root / "train_metadata.csv")}))
+    assert list(by_file.df["row_id"]) == list(by_root.df["row_id"])
+    assert by_file.classes == by_root.classes
