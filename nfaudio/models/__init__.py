@@ -1,0 +1,28 @@
+"""nfaudio models: one factory over a registry of NFNet-family (and any timm) backbones with audio heads.
+
+``create_model(name, num_classes, pretrained=False, head="sed")`` builds an :class:`AudioClassifier`
+(log-mel frontend -> optional SpecAugment -> one-channel timm backbone -> SED or pooled head) that maps a
+``(B, T)`` waveform to :class:`ModelOutput` clip ``(B, C)`` and frame ``(B, F, C)`` logits.
+``list_models()`` shows the registry; ``save_model`` / ``load_model`` keep the config with the weights.
+NFNets: Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without Normalization".
+"""
+
+from nfaudio.models.classifier import AudioClassifier, ModelOutput
+from nfaudio.models.factory import create_model, load_model, save_model
+from nfaudio.models.heads import PooledHead, SEDHead
+from nfaudio.models.pretrained import PretrainedWeightsError, load_backbone_weights
+from nfaudio.models.registry import ModelConfig, list_models
+
+__all__ = [
+    "AudioClassifier",
+    "ModelConfig",
+    "ModelOutput",
+    "PooledHead",
+    "PretrainedWeightsError",
+    "SEDHead",
+    "create_model",
+    "list_models",
+    "load_backbone_weights",
+    "load_model",
+    "save_model",
+]

@@ -1,0 +1,182 @@
+"""One-channel timm backbones for log-mel images: NFNets (Brock et al. 2021) and any other timm model.
+
+The backbone is built with ``in_chans=1, num_classes=0, global_pool=""`` and run through
+``forward_features``, so it maps ``(B, 1, n_mels, frames)`` to ``(B, C_feat, F', T')``. Everything about
+its geometry is read from the model, never from its name: the first conv from timm's model metadata
+(``pretrained_cfg["first_conv"]``), the time reduction from ``feature_info`` (or, where a model has none,
+from a dry run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from nfaudio.models.pretrained import PretrainedWeightsError, create_pretrained_timm, load_backbone_weights
+from nfaudio.models.registry import ModelConfig
+
+__all__ = ["LOCAL_BACKBONES", "Backbone", "build_backbone", "create_timm_backbone"]
+
+log = logging.getLogger(__name__)
+
+
+def _tiny_nfnet_cfg() -> Any:
+    from timm.models.nfnet import NfCfg
+
+    # NF-ResNet-style: one bottleneck block per stage, 16-64 channels, 3x3 conv + max-pool stem,
+    # ECA attention with the NF gain, SiLU with the NF gamma; overall reduction 32.
+    return NfCfg(depths=(1, 1, 1, 1), channels=(16, 32, 48, 64), stem_type="3x3_pool", stem_chs=16,
+                 group_size=8, bottle_ratio=0.25, attn_layer="eca", attn_kwargs={}, act_layer="silu")
+
+
+# nfaudio-defined NormFreeNet backbones: name -> (NfCfg factory, timm-style metadata).
+LOCAL_BACKBONES: dict[str, tuple[Any, dict[str, Any]]] = {
+    "tiny_nfnet": (_tiny_nfnet_cfg, dict(first_conv="stem.conv", classifier="head.fc", num_classes=1000,
+                                         input_size=(3, 224, 224))),
+}
+
+
+def create_timm_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Create a timm model, or an nfaudio :data:`LOCAL_BACKBONES` NormFreeNet, by name.
+
+    Args:
+        name: timm model name or a :data:`LOCAL_BACKBONES` key.
+        pretrained: load timm's ImageNet weights (see :func:`create_pretrained_timm`).
+        **kwargs: ``timm.create_model`` arguments (``in_chans``, ``num_classes``, ``drop_path_rate``, ...).
+
+    Raises:
+        PretrainedWeightsError: pretrained weights requested but unavailable.
+    """
+    import timm
+
+    if name in LOCAL_BACKBONES:
+        if pretrained:
+            raise PretrainedWeightsError(f"{name!r} is an nfaudio backbone without ImageNet weights")
+        from timm.models import build_model_with_cfg
+        from timm.models.nfnet import NormFreeNet
+
+        make_cfg, meta = LOCAL_BACKBONES[name]
+        return build_model_with_cfg(NormFreeNet, name, pretrained=False, model_cfg=make_cfg(),
+                                    pretrained_cfg=dict(meta), feature_cfg=dict(flatten_sequential=True),
+                                    **kwargs)
+    if pretrained:
+        return create_pretrained_timm(name, **kwargs)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
+    """The stem conv: timm's ``first_conv`` metadata, else the first ``Conv2d`` in module order."""
+    from timm.models._input import get_model_traits
+
+    pcfg = getattr(model, "pretrained_cfg", None) or {}
+    names = get_model_traits(model).get("first_conv", pcfg.get("first_conv"))
+    if isinstance(names, (tuple, list)):
+        names = names[0] if names else None
+    if names:
+        module = model.get_submodule(names)
+        if isinstance(module, nn.Conv2d):
+            return names, module
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise ValueError(f"{type(model).__name__} has no Conv2d layer")
+
+
+def _feature_info_reduction(model: nn.Module) -> int | None:
+    """Reduction of the last feature map from timm's ``feature_info`` (list of dicts or FeatureInfo)."""
+    info = getattr(model, "feature_info", None)
+    if isinstance(info, list) and info and "reduction" in info[-1]:
+        return int(info[-1]["reduction"])
+    if info is not None and hasattr(info, "reduction"):
+        return int(info.reduction()[-1])
+    return None
+
+
+@torch.no_grad()
+def _measured_time_reduction(model: nn.Module, in_chans: int, probe: int = 256) -> int:
+    """Time reduction by a dry run on a ``(1, in_chans, 64, probe)`` input."""
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        x = torch.zeros(1, in_chans, 64, probe, device=param.device, dtype=param.dtype)
+        frames = model.forward_features(x).shape[-1]  # (1, C, F', T')
+    finally:
+        model.train(was_training)
+    return max(1, round(probe / frames))
+
+
+class Backbone(nn.Module):
+    """A timm model as a spectrogram feature extractor.
+
+    Args:
+        model: timm model built with ``num_classes=0, global_pool=""``.
+        stem_stride: new stride of the first conv (``None`` keeps it). The conv's padding is kept, which
+            is what "same" padding gives for the odd kernels of timm stems.
+        channels_last: convert the model and each input to ``torch.channels_last``.
+
+    Attributes:
+        num_features: channels ``C_feat`` of the output.
+        time_reduction: input frames per output frame.
+        stem_name: module name of the first conv.
+
+    Shape:
+        input ``(B, in_chans, n_mels, frames)``; output ``(B, C_feat, F', T')``.
+    """
+
+    def __init__(self, model: nn.Module, stem_stride: int | None = None, channels_last: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.num_features = int(model.num_features)
+        self.channels_last = bool(channels_last)
+        self.stem_name, stem = _first_conv(model)
+        reduction = _feature_info_reduction(model)
+        if stem_stride is not None and (stem_stride, stem_stride) != tuple(stem.stride):
+            old = stem.stride[-1]  # time is the last axis
+            stem.stride = (stem_stride, stem_stride)
+            if reduction is not None:
+                if (reduction * stem_stride) % old:
+                    reduction = None  # not a whole number of frames: measure instead
+                else:
+                    reduction = reduction * stem_stride // old
+        self.time_reduction = reduction or _measured_time_reduction(model, stem.in_channels * stem.groups)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, in_chans, n_mels, frames)``. Returns features ``(B, C_feat, F', T')``."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model.forward_features(x)
+
+    def extra_repr(self) -> str:
+        return (f"num_features={self.num_features}, time_reduction={self.time_reduction}, "
+                f"stem={self.stem_name!r}, channels_last={self.channels_last}")
+
+
+def build_backbone(config: ModelConfig, pretrained: bool | str | os.PathLike = False) -> Backbone:
+    """The one-channel backbone of a config.
+
+    Args:
+        config: model config (``backbone``, ``drop_path_rate``, ``stem_stride``, ``channels_last``,
+            ``backbone_kwargs``).
+        pretrained: ``True`` for timm's ImageNet weights (hub or local cache), a path to a weights file,
+            or ``False``/``None``/``""`` for random initialisation.
+
+    Raises:
+        PretrainedWeightsError: weights unavailable or not fitting the architecture.
+    """
+    kwargs = dict(in_chans=1, num_classes=0, global_pool="", **config.backbone_kwargs)
+    if config.drop_path_rate:
+        kwargs["drop_path_rate"] = config.drop_path_rate
+    from_hub = pretrained is True
+    model = create_timm_backbone(config.backbone, pretrained=from_hub, **kwargs)
+    if pretrained and not from_hub:
+        if not isinstance(pretrained, (str, os.PathLike)):
+            raise TypeError(f"pretrained must be a bool or a path, got {type(pretrained).__name__}")
+        load_backbone_weights(model, pretrained)
+    return Backbone(model, stem_stride=config.stem_stride, channels_last=config.channels_last)
