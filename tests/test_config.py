@@ -41,6 +41,7 @@ def test_wrong_type_is_named():
 
 
 def test_dotted_overrides():
+    assert load_config(None, ["optim.lr=3e-3"]).optim.lr == 0.003  # YAML 1.1 reads 3e-3 as a string
     cfg = load_config(None, ["optim.lr=0.01", "model.pretrained=true", "cv.folds=[0, 2]", "model.stem_stride=null"])
     assert cfg.optim.lr == 0.01
     assert cfg.model.pretrained is True

@@ -28,6 +28,8 @@ _MERGED_FIELDS = ("frontend", "spec_augment", "backbone_kwargs")
 NFAUDIO_VARIANTS: dict[str, dict[str, Any]] = {
     # 4-stage NF-ResNet-style net with 16-64 channels (~14k parameters): tests and the demo.
     "nfaudio_tiny": dict(backbone="tiny_nfnet"),
+    # Same design, 32-256 channels and 1-1-2-1 blocks: trains on small real datasets on a CPU.
+    "nfaudio_small": dict(backbone="small_nfnet"),
     # BirdCLEF-style: 32 kHz, 128 mels over 50 Hz-14 kHz, SpecAugment, stochastic depth, head dropout.
     "birdclef_eca_nfnet_l0": dict(
         backbone="eca_nfnet_l0", frontend=dict(n_mels=128, fmin=50.0, fmax=14000.0),
