@@ -146,14 +146,12 @@ class _Logger:
 
 
 def plot_curves(history: list[dict[str, float]], path: Path) -> None:
-    """Loss and metric per epoch to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Loss and metric per epoch to a PNG (a bare Figure: the caller's pyplot backend is left alone)."""
+    from matplotlib.figure import Figure
 
     epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.5))
+    fig = Figure(figsize=(9, 3.5))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax1.plot(epochs, [h["val_loss"] for h in history], label="val")
     ax1.set_xlabel("epoch")
@@ -164,7 +162,6 @@ def plot_curves(history: list[dict[str, float]], path: Path) -> None:
     ax2.set_ylabel("validation metric")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 @torch.no_grad()
