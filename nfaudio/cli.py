@@ -54,6 +54,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--fast", action="store_true", help="a much smaller run (smoke test, not the target)")
 
+    p = sub.add_parser("predict", help="score recordings with a checkpoint, a run or a CV run (fold ensemble)",
+                       description="Score every window of every recording; re-run the same command to resume.")
+    p.add_argument("model", type=Path, help="checkpoint (.pt/.onnx), run dir (best.pt), CV dir (fold*/best.pt)")
+    p.add_argument("inputs", nargs="+", type=Path, help="audio files, folders (recursive) or manifests (.csv/.txt)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output directory")
+    p.add_argument("--format", "-f", dest="formats", type=_str_list, default=["submission", "table"],
+                   help="comma-separated: submission, table, detections, raven, audacity (default submission,table)")
+    p.add_argument("--table-format", choices=("csv", "parquet"), default="csv", help="wide table file type")
+    p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection (default 0.5)")
+    p.add_argument("--top-k", type=int, default=None, help="at most K detections per window")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="openvino only: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX, scores approximate")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    hop = p.add_mutually_exclusive_group()
+    hop.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: window)")
+    hop.add_argument("--overlap", type=float, default=None, help="seconds shared by consecutive windows")
+    p.add_argument("--last", choices=("pad", "drop", "shift"), default="pad",
+                   help="last window: zero-pad a partial one, drop it, or shift it back to end at the file end")
+    p.add_argument("--tta-shift", type=float, default=0.0, metavar="S",
+                   help="time-shift TTA: average each window with the windows shifted by -S and +S seconds")
+    p.add_argument("--smoothing", type=float, default=0.0, help="neighbour-smoothing weight in [0, 0.5]")
+    p.add_argument("--workers", type=int, default=1, help="decode processes (0: decode in the main process)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
+    p.add_argument("--min-duration", type=float, default=0.5, help="shorter files are listed in errors.csv")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("export", help="export a model (log-mel frontend included) to ONNX")
+    p.add_argument("model", type=Path, help="checkpoint, run dir or CV dir")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", "-o", type=Path, required=True, help="FILE.onnx (a folder for a CV run: fold<k>.onnx)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch parity check")
+
     p = sub.add_parser("list-models", help="list the model names create_model accepts")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'eca_*'")
     return parser
@@ -118,8 +154,57 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from nfaudio.demo import run_demo
 
     summary = run_demo(args.out, seed=args.seed, fast=args.fast)
+    cv = summary["cv"]
+    name = cv["metric"]
+    for k, scores in cv["per_fold"].items():
+        print(f"demo CV fold {k}: {name} {scores[name]:.4f}")
+    print(f"demo CV mean {name} {cv['mean'][name]:.4f}; pooled OOF {cv['pooled_oof'][name]:.4f}")
     print(f"demo: macro ROC-AUC {summary['macro_auc']:.4f}, padded cmAP {summary['padded_cmap']:.4f} "
           f"on {summary['n_windows']} soundscape windows in {summary['seconds']:.0f} s; outputs in {args.out}")
+    return 0
+
+
+def _str_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from nfaudio.predict import Predictor
+
+    if args.threads and args.backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        predictor = Predictor.from_checkpoint(
+            args.model, backend=args.backend, device=args.device, threads=args.threads, precision=args.precision,
+            batch_size=args.batch_size, hop=args.hop, overlap=args.overlap, last=args.last,
+            tta_shifts=(-args.tta_shift, args.tta_shift) if args.tta_shift else (), smoothing=args.smoothing,
+            num_workers=args.workers, min_duration=args.min_duration)
+    except ImportError as err:
+        raise _UsageError(str(err)) from err
+    summary = predictor.predict_to_dir(args.inputs, args.out, formats=args.formats, table_format=args.table_format,
+                                       threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
+                                       progress=False if args.no_progress else None)
+    print(summary)
+    return 1 if summary.n_failed else 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nfaudio.export import export_onnx
+    from nfaudio.predict import find_checkpoints
+
+    paths = find_checkpoints(args.model)
+    if len(paths) == 1 and args.out.suffix == ".onnx":
+        outs = [(paths[0], args.out)]
+    else:
+        outs = [(p, args.out / f"{p.parent.name if p.name == 'best.pt' else p.stem}.onnx") for p in paths]
+    try:
+        for src, dst in outs:
+            export_onnx(src, dst, opset=args.opset, check=not args.no_check)
+            print(f"exported {src} -> {dst}")
+    except ImportError as err:
+        raise _UsageError(str(err)) from err
     return 0
 
 
@@ -136,7 +221,7 @@ class _UsageError(Exception):
 
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "list-models": _cmd_list_models}
+            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

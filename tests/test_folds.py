@@ -17,7 +17,8 @@ def _manifest(n_per_class=10, classes=("a", "b", "c"), groups=None, fold=None):
 def test_stratified_folds_balance_classes():
     m = _manifest()
     folds = assign_folds(m, n_folds=5, seed=1)
-    assert folds.shape == (30,) and set(folds) == set(range(5))
+    assert folds.shape == (30,)
+    assert set(folds) == set(range(5))
     table = pd.crosstab(m.df["primary_label"], folds)
     assert (table.to_numpy() == 2).all()  # 10 per class over 5 folds
     np.testing.assert_array_equal(folds, assign_folds(m, n_folds=5, seed=1))

@@ -30,7 +30,7 @@ from nfaudio.models.registry import resolve_config
 
 SR = 16000
 FE = dict(sample_rate=SR, n_fft=512, hop_length=160, n_mels=32, fmax=8000.0)  # 1 s -> 101 frames
-FAST = {"nfaudio_tiny", "nfaudio_small", "test_nfnet", "nf_regnet_b0"}  # the default run; every other registry model is slow
+FAST = {"nfaudio_tiny", "nfaudio_small", "test_nfnet", "nf_regnet_b0"}  # the default run; the rest are slow
 
 
 def _wave(batch: int = 2, seconds: float = 1.0, seed: int = 0) -> torch.Tensor:

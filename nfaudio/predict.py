@@ -1,0 +1,511 @@
+"""Sliding-window prediction over long recordings.
+
+Each file is streamed in blocks (:func:`nfaudio.audio.stream_windows`), cut into windows of the
+model's training length, scored in batches, and returned as a DataFrame indexed by
+``(file, start_s, end_s)`` with one probability column per class (OpenSoundscape's convention).
+Several models (e.g. the folds of a CV run) are ensembled by mean probability.
+
+Decoding and resampling run in worker processes that feed the model, one pipe each; a worker blocks until
+its batch is taken, so memory stays O(workers x batch) whatever the number or length of the files. A
+file's windows are always batched on their own (``batch_size`` windows per forward pass, in order), so a
+window's score never depends on which other files share the run: a resumed run
+(:func:`nfaudio.outputs.run_prediction`) reproduces an uninterrupted one bit for bit.
+
+Post-processing, both optional: time-shift TTA (each window is also scored shifted by a few seconds,
+using the neighbouring audio, and the probabilities are averaged) and neighbour smoothing
+(``(1 - 2w) p[k] + w p[k-1] + w p[k+1]`` within a file).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from nfaudio.audio import AUDIO_EXTENSIONS, AudioError, info, stream_windows
+from nfaudio.export import Scorer, TorchScorer, load_checkpoint
+from nfaudio.models import AudioClassifier
+from nfaudio.outputs import to_submission
+
+__all__ = ["BACKENDS", "FileResult", "Predictor", "find_checkpoints", "list_audio", "read_manifest",
+           "smooth_neighbours", "to_submission"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+MANIFEST_EXTENSIONS = (".csv", ".txt")
+
+
+# ----------------------------------------------------------------------------- inputs
+def find_checkpoints(path: str | Path) -> list[Path]:
+    """Model files of ``path``: a ``.pt``/``.onnx`` file, a run directory (``best.pt``), a CV directory
+    (``fold*/best.pt``, ensembled) or a directory of exported ``*.onnx`` files.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if (path / "best.pt").is_file():
+        return [path / "best.pt"]
+    for pattern in ("fold*/best.pt", "*.onnx"):
+        found = sorted(path.glob(pattern))
+        if found:
+            return found
+    raise FileNotFoundError(f"{path}: no checkpoint (expected a .pt/.onnx file, DIR/best.pt, DIR/fold*/best.pt "
+                            "or DIR/*.onnx)")
+
+
+def read_manifest(path: str | Path) -> list[Path]:
+    """Audio paths listed by a manifest: a CSV with a ``path`` (or ``filename``) column, or a text file with
+    one path per line (``#`` comments). Relative paths are relative to the manifest's folder.
+
+    Raises:
+        ValueError: a CSV without a ``path``/``filename`` column.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+        column = next((c for c in ("path", "filename") if c in df.columns), None)
+        if column is None:
+            raise ValueError(f"{path}: manifest needs a 'path' or 'filename' column, has {list(df.columns)}")
+        items = [x for x in df[column] if x]
+    else:
+        lines = path.read_text().splitlines()
+        items = [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
+    return [p if p.is_absolute() else path.parent / p for p in map(Path, items)]
+
+
+def list_audio(inputs: Iterable[str | Path], extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
+    """Audio files of ``inputs``: files given directly, files found recursively in folders (by extension,
+    sorted) and files listed in manifests (``.csv``/``.txt``, see :func:`read_manifest`); in input order,
+    without duplicates. Files listed in a manifest are not checked here (a missing one fails at decode).
+
+    Raises:
+        FileNotFoundError: an input that does not exist.
+    """
+    out: dict[Path, None] = {}
+    exts = {e.lower() for e in extensions}
+    for item in inputs:
+        item = Path(item)
+        if item.is_dir():
+            out.update((f, None) for f in sorted(item.rglob("*")) if f.is_file() and f.suffix.lower() in exts)
+        elif item.is_file() and item.suffix.lower() in MANIFEST_EXTENSIONS:
+            out.update((f, None) for f in read_manifest(item))
+        elif item.exists():
+            out[item] = None
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    return list(out)
+
+
+def _file_id(path: Path) -> dict[str, Any]:
+    st = path.stat()
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class FileResult:
+    """One file's predictions (or why it has none).
+
+    Attributes:
+        path: the audio file as listed.
+        index: position in the list given to :meth:`Predictor.iter_results`.
+        starts, ends: window bounds in seconds, shape ``(N,)``.
+        scores: probabilities ``(N, C)`` float32; ``None`` when ``error`` is set.
+        duration: file duration in seconds (from its header).
+        error: the reason the file was skipped, else ``None``.
+    """
+
+    path: Path
+    index: int
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray | None
+    duration: float
+    error: str | None = None
+
+    def to_frame(self, classes: Sequence[str]) -> pd.DataFrame:
+        """The windows as a DataFrame indexed by ``(file, start_s, end_s)``, one column per class."""
+        n = len(self.starts)
+        index = pd.MultiIndex.from_arrays([[str(self.path)] * n, self.starts, self.ends],
+                                          names=["file", "start_s", "end_s"])
+        scores = self.scores if self.scores is not None else np.zeros((0, len(classes)), np.float32)
+        return pd.DataFrame(scores, index=index, columns=list(classes))
+
+
+def smooth_neighbours(scores: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - 2w) p[k] + w (p[k-1] + p[k+1])`` along axis 0; at an end the missing neighbour's weight stays
+    on the window itself (``(1 - w) p[0] + w p[1]``). ``weight`` in ``[0, 0.5]``; one window is unchanged."""
+    if not 0.0 <= weight <= 0.5:
+        raise ValueError(f"smoothing weight must be in [0, 0.5], got {weight}")
+    if weight == 0.0 or len(scores) < 2:
+        return scores
+    prev = np.concatenate([scores[:1], scores[:-1]])  # p[k-1], with p[0] standing in at the start
+    nxt = np.concatenate([scores[1:], scores[-1:]])
+    return ((1.0 - 2.0 * weight) * scores + weight * (prev + nxt)).astype(scores.dtype, copy=False)
+
+
+# ----------------------------------------------------------------------------- decoding
+@dataclass(frozen=True)
+class _DecodeSpec:
+    """What a decode worker cuts: windows in seconds, TTA shifts in samples (the first is 0)."""
+
+    sample_rate: int
+    window: float
+    hop: float
+    last: str
+    shifts: tuple[int, ...]
+    chunk: int  # windows per message (one forward pass)
+    min_duration: float
+
+
+def _shifted(stream: Iterator[tuple[float, float, np.ndarray]], spec: _DecodeSpec
+             ) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Add the TTA copies: (start, end, (shifts, T)) cut from the previous, current and next window."""
+    sr, shifts = spec.sample_rate, spec.shifts
+    lo, hi = min(min(shifts), 0), max(max(shifts), 0)
+    prev = cur = None
+    for nxt in itertools.chain(stream, [None]):
+        if cur is not None:
+            size = len(cur[2])
+            origin = int(round(cur[0] * sr)) + lo  # absolute sample index of span[0]
+            span = np.zeros(size + hi - lo, dtype=np.float32)
+            for item in (prev, cur, nxt):  # overlaps agree; padding only lies past the end of the file
+                if item is not None:
+                    a = int(round(item[0] * sr)) - origin
+                    i0, i1 = max(0, -a), min(size, len(span) - a)
+                    if i1 > i0:
+                        span[a + i0:a + i1] = item[2][i0:i1]
+            yield cur[0], cur[1], np.stack([span[s - lo:s - lo + size] for s in shifts])
+        prev, cur = cur, nxt
+
+
+def _file_messages(idx: int, path: Path, spec: _DecodeSpec) -> Iterator[tuple[int, str, Any]]:
+    """Decode one file into ``(idx, "chunk", (starts, ends, waves))`` messages, then ``(idx, "done", duration)``
+    or, on any failure, ``(idx, "error", (reason, duration))``."""
+    duration = 0.0
+    try:
+        duration = info(path).duration
+        if duration < spec.min_duration:
+            yield idx, "error", (f"too short: {duration:.3f} s < min_duration {spec.min_duration:g} s", duration)
+            return
+        stream = stream_windows(path, spec.sample_rate, spec.window, spec.hop, last=spec.last)
+        if len(spec.shifts) > 1:
+            stream = _shifted(stream, spec)
+        n = 0
+        while chunk := list(itertools.islice(stream, spec.chunk)):
+            waves = np.concatenate([w.reshape(-1, w.shape[-1]) for _, _, w in chunk])  # (n * shifts, T)
+            yield idx, "chunk", (np.array([c[0] for c in chunk]), np.array([c[1] for c in chunk]), waves)
+            n += len(chunk)
+        if n:
+            yield idx, "done", duration
+        else:
+            yield idx, "error", (f"too short: no full {spec.window:g} s window in {duration:.3f} s "
+                                 f"(last={spec.last!r})", duration)
+    except AudioError as err:
+        yield idx, "error", (err.reason, duration)
+    except Exception as err:  # any failure of one file must not stop the run
+        log.debug("decoding %s failed", path, exc_info=True)
+        yield idx, "error", (f"{type(err).__name__}: {err}", duration)
+
+
+def _decode_worker(conn: Any, others: Sequence[Any], spec: _DecodeSpec, parent: int) -> None:
+    """Worker process: receive ``(idx, path)`` tasks on ``conn`` until ``None`` and send back the file's
+    messages. Sends block while the parent is busy (backpressure); exits when orphaned."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for other in others:  # the parent's ends of the pipes (this one's too), inherited by fork
+        other.close()
+    try:
+        while True:
+            while not conn.poll(0.5):
+                if os.getppid() != parent:
+                    return
+            task = conn.recv()
+            if task is None:
+                return
+            for msg in _file_messages(task[0], Path(task[1]), spec):
+                conn.send(msg)
+    except (EOFError, OSError):  # the parent went away
+        return
+
+
+def _iter_decoded(files: Sequence[Path], spec: _DecodeSpec, num_workers: int) -> Iterator[tuple[int, str, Any]]:
+    """Messages of :func:`_file_messages` for every file, decoded by ``num_workers`` processes (0: inline).
+
+    Each worker has its own pipe and decodes one file at a time; its sends block until the model side reads
+    them, so memory stays O(workers x chunk). A worker that dies (e.g. a decoder crash on a corrupt file)
+    fails only the file it was decoding and is replaced.
+    """
+    if num_workers == 0 or len(files) == 0:
+        for idx, path in enumerate(files):
+            yield from _file_messages(idx, path, spec)
+        return
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")  # fork: no re-imports
+    todo = list(enumerate(files))[::-1]  # pop() from the end = input order
+    conns: dict[Any, tuple[Any, int]] = {}  # parent end -> (process, file index it is decoding)
+
+    def assign(conn: Any, proc: Any) -> None:
+        if todo:
+            idx, path = todo.pop()
+            conn.send((idx, str(path)))
+            conns[conn] = (proc, idx)
+        else:
+            conn.send(None)
+            conn.close()
+            proc.join()
+
+    def start() -> None:
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_decode_worker, name="nfaudio-decode", daemon=True,
+                           args=(theirs, [*conns, mine], spec, os.getpid()))
+        proc.start()
+        theirs.close()
+        assign(mine, proc)
+
+    try:
+        for _ in range(min(num_workers, len(files))):
+            start()
+        while conns:
+            for conn in wait(list(conns), timeout=1.0):
+                proc, idx = conns[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the worker died mid-file
+                    del conns[conn]
+                    conn.close()
+                    proc.join()
+                    log.warning("decode worker died (exit code %s) on %s; restarting it", proc.exitcode, files[idx])
+                    yield idx, "error", (f"decoder process died (exit code {proc.exitcode})", 0.0)
+                    if todo:
+                        start()
+                    continue
+                if msg[1] != "chunk":
+                    del conns[conn]
+                    assign(conn, proc)
+                yield msg
+    finally:
+        for conn, (proc, _) in list(conns.items()):
+            conn.close()  # the worker sees EOF/EPIPE and exits
+            proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
+
+
+# ----------------------------------------------------------------------------- predictor
+class Predictor:
+    """Score long recordings window by window with one model or an ensemble.
+
+    Windows of ``window`` seconds start every ``hop`` seconds. The last-window policy ``last`` decides what
+    happens at the end of a file (see :func:`nfaudio.audio.window_starts`): "pad" keeps a final partial window
+    zero-padded (a file shorter than a window gives one window), "drop" keeps only full windows, "shift" adds a
+    final full window ending at the end of the file. ``end_s`` is always ``start_s + window``.
+
+    Args:
+        models: one model, several (mean probability), or a :class:`Scorer` (e.g. an ONNX session ensemble).
+        classes: class names in output order.
+        window: window length in seconds (the models' training duration).
+        hop: hop between windows in seconds (default ``window``: no overlap).
+        overlap: alternative to ``hop``: seconds shared by consecutive windows (``hop = window - overlap``).
+        batch_size: windows per forward pass (TTA copies included).
+        last: last-window policy, "pad", "drop" or "shift".
+        device: torch models only: "auto", "cpu", "cuda", ...
+        activation: torch models only: "sigmoid" or "softmax".
+        tta_shifts: extra time shifts in seconds (e.g. ``(-2.5, 2.5)``); each window's probabilities are
+            averaged with those of the windows shifted by these amounts, cut from the neighbouring audio
+            (zeros before the start / after the end). Needs ``|shift| <= hop <= window``.
+        smoothing: neighbour-smoothing weight in ``[0, 0.5]`` (:func:`smooth_neighbours`), applied per file.
+        num_workers: decode processes feeding the model; 0 decodes in the calling process.
+        min_duration: files shorter than this (seconds) are skipped as errors.
+        freq_range: ``(low, high)`` Hz written to Raven tables (default ``(0, sample_rate / 2)``).
+        sources: model files, recorded in :meth:`fingerprint` (set by :meth:`from_checkpoint`).
+
+    Raises:
+        ValueError: an invalid option.
+    """
+
+    def __init__(self, models: AudioClassifier | Sequence[AudioClassifier] | Scorer, classes: Sequence[str],
+                 window: float, hop: float | None = None, batch_size: int = 32, last: str = "pad",
+                 device: str = "auto", activation: str = "sigmoid", *, tta_shifts: Sequence[float] = (),
+                 smoothing: float = 0.0, num_workers: int = 1, min_duration: float = 0.5,
+                 freq_range: tuple[float, float] | None = None, sources: Sequence[str | Path] = (),
+                 overlap: float | None = None) -> None:
+        if isinstance(models, torch.nn.Module):
+            models = [models]
+        self.scorer: Scorer = (TorchScorer(models, activation, device) if isinstance(models, (list, tuple))
+                               else models)
+        self.classes = list(classes)
+        self.window = float(window)
+        if hop and overlap is not None:
+            raise ValueError("give hop or overlap, not both")
+        self.hop = float(hop) if hop else self.window - float(overlap or 0.0)
+        self.batch_size = int(batch_size)
+        self.last = last
+        self.tta_shifts = tuple(float(s) for s in tta_shifts if s != 0)
+        self.smoothing = float(smoothing)
+        self.num_workers = int(num_workers)
+        self.min_duration = float(min_duration)
+        self.sample_rate = int(self.scorer.sample_rate)
+        self.freq_range = tuple(freq_range) if freq_range else (0.0, self.sample_rate / 2.0)
+        self.sources = [Path(s) for s in sources]
+        if self.window <= 0 or self.hop <= 0 or self.batch_size < 1 or self.num_workers < 0:
+            raise ValueError("window, hop and batch_size must be positive and num_workers >= 0")
+        if last not in ("pad", "drop", "shift"):
+            raise ValueError(f"last must be 'pad', 'drop' or 'shift', got {last!r}")
+        if self.tta_shifts and not (max(map(abs, self.tta_shifts)) <= self.hop <= self.window):
+            raise ValueError(f"TTA shifts need |shift| <= hop <= window, got shifts {self.tta_shifts}, "
+                             f"hop {self.hop}, window {self.window}")
+        smooth_neighbours(np.zeros((0, 1)), self.smoothing)  # validates the weight
+
+    @property
+    def models(self) -> list[torch.nn.Module]:
+        """The torch models (empty for another backend)."""
+        return list(getattr(self.scorer, "models", []))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, backend: str = "torch", device: str = "auto",
+                        threads: int | None = None, precision: str = "fp32", **kwargs: Any) -> Predictor:
+        """Build from a checkpoint, a run directory or a CV directory (see :func:`find_checkpoints`).
+
+        Args:
+            path: model file(s) location.
+            backend: "torch", "onnxruntime" or "openvino" (the latter two export ``.pt`` files to ONNX first).
+            device: "auto", "cpu", "cuda", ...
+            threads: onnxruntime/openvino intra-op threads (default: the runtime's own choice).
+            precision: "fp32", or "bf16" with the openvino backend (faster, approximate).
+            **kwargs: other :class:`Predictor` options (``window`` defaults to the training duration).
+
+        Raises:
+            FileNotFoundError: no model at ``path``.
+            ValueError: the models disagree on classes, window or sample rate; unknown backend.
+            ImportError: the backend's runtime is not installed.
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        paths = find_checkpoints(path)
+        if backend == "torch":
+            if precision != "fp32":
+                raise ValueError(f"precision {precision!r} needs the openvino backend")
+            if any(p.suffix == ".onnx" for p in paths):
+                raise ValueError(f"{path}: ONNX models need --backend onnxruntime or openvino")
+            loaded = [load_checkpoint(p) for p in paths]
+            metas = [m for _, m in loaded]
+            scorer: Scorer = TorchScorer([m for m, _ in loaded], metas[0]["activation"], device)
+        else:
+            from nfaudio.export import load_runtime_scorer
+
+            scorer, metas = load_runtime_scorer(paths, backend, device=device, threads=threads, precision=precision)
+        for p, meta in zip(paths[1:], metas[1:]):
+            for key in ("classes", "duration", "sample_rate", "activation"):
+                if meta[key] != metas[0][key]:
+                    raise ValueError(f"{p}: {key} differs from {paths[0]} ({meta[key]!r} != {metas[0][key]!r})")
+        meta = metas[0]
+        kwargs.setdefault("window", meta["duration"])
+        kwargs.setdefault("freq_range", (meta["fmin"], meta["fmax"]))
+        return cls(scorer, meta["classes"], sources=paths, **kwargs)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching)."""
+        return {"models": [_file_id(p) for p in self.sources], "backend": self.scorer.name,
+                "classes_sha1": hashlib.sha1("\n".join(self.classes).encode()).hexdigest(),
+                "sample_rate": self.sample_rate, "window": self.window, "hop": self.hop, "last": self.last,
+                "batch_size": self.batch_size, "tta_shifts": list(self.tta_shifts), "smoothing": self.smoothing,
+                "min_duration": self.min_duration}
+
+    def _decode_spec(self) -> _DecodeSpec:
+        shifts = (0,) + tuple(int(round(s * self.sample_rate)) for s in self.tta_shifts)
+        per_chunk = max(1, self.batch_size // len(shifts))
+        return _DecodeSpec(sample_rate=self.sample_rate, window=self.window, hop=self.hop, last=self.last,
+                          shifts=shifts, chunk=per_chunk, min_duration=self.min_duration)
+
+    def iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
+        """Score ``files`` (decoded by ``num_workers`` processes); yields one :class:`FileResult` per file as it
+        finishes (not necessarily in input order), including files that failed (``error`` set)."""
+        spec = self._decode_spec()
+        n_shifts = len(spec.shifts)
+        parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        files = [Path(f) for f in files]
+        for idx, kind, payload in _iter_decoded(files, spec, self.num_workers):
+            if kind == "chunk":
+                starts, ends, waves = payload
+                probs = self.scorer(waves)  # (n * shifts, C), window-major
+                probs = probs.reshape(len(starts), n_shifts, -1).mean(axis=1, dtype=np.float32)
+                parts.setdefault(idx, []).append((starts, ends, probs))
+            elif kind == "done":
+                got = parts.pop(idx, [])
+                starts = np.concatenate([p[0] for p in got])
+                ends = np.concatenate([p[1] for p in got])
+                scores = smooth_neighbours(np.concatenate([p[2] for p in got]), self.smoothing)
+                yield FileResult(files[idx], idx, starts, ends, scores.astype(np.float32, copy=False),
+                                 float(payload))
+            else:  # "error": drop what was scored before the failure
+                parts.pop(idx, None)
+                reason, duration = payload
+                log.warning("skipping %s: %s", files[idx], reason)
+                yield FileResult(files[idx], idx, np.zeros(0), np.zeros(0), None, duration, reason)
+
+    def iter_file(self, path: str | Path) -> Iterator[tuple[float, float, np.ndarray]]:
+        """Yield ``(start_s, end_s, probabilities)`` per window of one file.
+
+        Raises:
+            nfaudio.audio.AudioError: the file cannot be scored.
+        """
+        from nfaudio.audio import AudioError
+
+        for res in self.iter_results([path]):
+            if res.error:
+                raise AudioError(path, res.error)
+            yield from zip(res.starts.tolist(), res.ends.tolist(), res.scores)
+
+    def predict_file(self, path: str | Path) -> pd.DataFrame:
+        """One file's windows as a DataFrame indexed by ``(file, start_s, end_s)``.
+
+        Raises:
+            nfaudio.audio.AudioError: the file cannot be scored.
+        """
+        rows = list(self.iter_file(path))
+        res = FileResult(Path(path), 0, np.array([r[0] for r in rows]), np.array([r[1] for r in rows]),
+                         np.stack([r[2] for r in rows]) if rows else None, 0.0)
+        return res.to_frame(self.classes)
+
+    def predict(self, inputs: Iterable[str | Path]) -> pd.DataFrame:
+        """Every window of every audio file under ``inputs`` (files, folders, manifests), in input order.
+
+        Files that cannot be scored are skipped with a warning and listed in ``self.errors_``
+        (a DataFrame with columns ``file``, ``reason``).
+
+        Returns:
+            DataFrame indexed by ``(file, start_s, end_s)`` with one probability column per class.
+        """
+        results = sorted(self.iter_results(list_audio(inputs)), key=lambda r: r.index)
+        self.errors_ = pd.DataFrame([(str(r.path), r.error) for r in results if r.error],
+                                    columns=["file", "reason"])
+        frames = [r.to_frame(self.classes) for r in results if not r.error]
+        if not frames:
+            return FileResult(Path(), 0, np.zeros(0), np.zeros(0), None, 0.0).to_frame(self.classes)
+        return pd.concat(frames)
+
+    def predict_to_dir(self, inputs: Iterable[str | Path], out_dir: str | Path, **options: Any) -> Any:
+        """Crash-safe run writing the chosen output formats to ``out_dir``; see
+        :func:`nfaudio.outputs.run_prediction` for ``options``. Returns its :class:`~nfaudio.outputs.RunSummary`."""
+        from nfaudio.outputs import run_prediction
+
+        return run_prediction(self, inputs, out_dir, **options)
