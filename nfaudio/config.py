@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from nfaudio.fileio import write_text
+
 
 class ConfigError(ValueError):
     """A recipe or override that does not fit the config tree."""
@@ -357,7 +359,4 @@ def _resolve_paths(values: dict[str, Any], base: Path) -> None:
 
 def dump_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    tmp.replace(path)
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

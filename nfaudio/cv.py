@@ -10,7 +10,6 @@ continues from its ``last.pt``.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch.utils.data import DataLoader
 
 from nfaudio.config import Config
 from nfaudio.data import AudioDataset, Manifest, encode_targets
+from nfaudio.fileio import write_csv, write_json
 from nfaudio.folds import assign_folds
 from nfaudio.losses import ClipFrameLoss
 from nfaudio.metrics import accuracy, get_metric
@@ -29,18 +29,6 @@ from nfaudio.runs import load_data, write_run_info
 from nfaudio.train import evaluate, fit, resolve_device
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    df.to_csv(tmp, index=False)
-    tmp.replace(path)
-
-
-def _atomic_json(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def load_or_assign_folds(cfg: Config, manifest: Manifest, out_dir: Path) -> np.ndarray:
@@ -60,7 +48,7 @@ def load_or_assign_folds(cfg: Config, manifest: Manifest, out_dir: Path) -> np.n
         return table.loc[manifest.df["row_id"]].to_numpy().astype(int)
     c = cfg.cv
     folds = assign_folds(manifest, c.n_folds, c.strategy, c.group_column, cfg.train.seed)
-    _atomic_csv(manifest.df[["row_id", "primary_label"]].assign(fold=folds), path)
+    write_csv(manifest.df[["row_id", "primary_label"]].assign(fold=folds), path)
     return folds
 
 
@@ -145,15 +133,15 @@ def run_cv(cfg: Config, out_dir: str | Path, folds: list[int] | None = None, ful
             result = fit(cfg, train_set, val_set, fold_dir, resume=True, seed=cfg.train.seed + k)
             part = predict_oof(cfg, fold_dir, val_set)
             part.insert(1, "fold", k)
-            _atomic_csv(part, oof_path)
-            _atomic_json({"best_score": result.best_score, "best_epoch": result.best_epoch}, done)
+            write_csv(part, oof_path)
+            write_json({"best_score": result.best_score, "best_epoch": result.best_epoch}, done)
         oof_parts.append(pd.read_csv(oof_path, dtype={"row_id": str}))
     oof = pd.concat(oof_parts, ignore_index=True)
-    _atomic_csv(oof, out_dir / "oof.csv")
+    write_csv(oof, out_dir / "oof.csv")
     metrics = cv_metrics(cfg, manifest, oof)
     metrics["folds"] = [int(k) for k in selected]
     if full:
         fit(cfg, manifest, None, out_dir / "full", resume=True, seed=cfg.train.seed)
         metrics["full_model"] = str(out_dir / "full" / "best.pt")
-    _atomic_json(metrics, out_dir / "metrics.json")
+    write_json(metrics, out_dir / "metrics.json")
     return metrics

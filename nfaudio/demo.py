@@ -9,7 +9,6 @@ attention SED head -> the fold ensemble scores the test soundscapes through the 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pandas as pd
 
 from nfaudio.config import Config, from_dict
 from nfaudio.cv import run_cv
+from nfaudio.fileio import write_json
 from nfaudio.metrics import macro_roc_auc, padded_cmap
 from nfaudio.outputs import run_prediction
 from nfaudio.predict import Predictor
@@ -87,8 +87,6 @@ def run_demo(out_dir: str | Path = "runs/demo", seed: int = 0, fast: bool = Fals
         "fast": fast,
         "outputs": {"data": str(data.root), "cv": str(out_dir / "cv"), "predict": str(out_dir / "predict")},
     }
-    tmp = out_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out_dir / "summary.json")
+    write_json(out_dir / "summary.json", summary)
     log.info("demo done in %.0f s: %s", summary["seconds"], summary)
     return summary

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import nfaudio
+from nfaudio.fileio import atomic_path
 from nfaudio.models import AudioClassifier, ModelConfig
 
 __all__ = ["OPSET", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer", "activate", "export_onnx",
@@ -304,9 +305,8 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     proto.doc_string = "nfaudio model: wave (batch, samples) -> clip (batch, C), frame (batch, F, C) logits"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
     if check:
         _check_parity(model, out, atol)
     return out

@@ -23,13 +23,15 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+from nfaudio.fileio import TMP_SUFFIX, atomic_open
 
 if TYPE_CHECKING:
     from nfaudio.predict import FileResult, Predictor
@@ -45,7 +47,7 @@ RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)
                  "High Freq (Hz)", "Species", "Confidence"]
 FLOAT_FORMAT = "%.6g"
 _JOURNAL_DIR = ".nfaudio"
-_TMP = ".nfaudio-tmp"  # suffix of files being written; leftovers of a killed run are removed on the next
+_TMP = TMP_SUFFIX  # suffix of files being written; leftovers of a killed run are removed on the next
 
 
 # ----------------------------------------------------------------------------- converters
@@ -130,19 +132,6 @@ def to_audacity(detections: pd.DataFrame) -> pd.DataFrame:
                          "label": [f"{c} ({s:.3f})" for c, s in zip(detections["label"], detections["score"])]})
 
 
-# ----------------------------------------------------------------------------- atomic files
-@contextlib.contextmanager
-def _atomic(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """Write ``path`` through ``<path>.nfaudio-tmp`` and rename it into place on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + _TMP)
-    with open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _write(df: pd.DataFrame, fh: IO[str], header: bool = True, sep: str = ",") -> None:
     """CSV/TSV rows with times as exact decimals and scores with :data:`FLOAT_FORMAT`."""
     df = df.copy()
@@ -157,7 +146,7 @@ class _Output:
 
     def __init__(self, path: Path, stack: contextlib.ExitStack, binary: bool = False) -> None:
         self.path = path
-        self.fh = stack.enter_context(_atomic(path, "wb" if binary else "w"))
+        self.fh = stack.enter_context(atomic_open(path, "wb" if binary else "w"))
         self.first = True
 
     def write(self, df: pd.DataFrame, sep: str = ",") -> None:
@@ -209,7 +198,7 @@ class Journal:
                 raise RunConflictError(f"{root.parent} holds a run with other settings ({', '.join(changed)}); "
                                        "pass --overwrite (overwrite=True) to discard it or choose another output")
         self.parts.mkdir(exist_ok=True)
-        with _atomic(settings) as fh:
+        with atomic_open(settings) as fh:
             json.dump(fingerprint, fh, indent=1, sort_keys=True)
         self.done: dict[str, dict[str, Any]] = {}
         if path.exists():
@@ -218,14 +207,14 @@ class Journal:
                     entry = json.loads(line)
                     if (self.parts / entry["part"]).is_file():
                         self.done[entry["file"]] = entry
-        with _atomic(path) as fh:  # drop a torn last line before appending
+        with atomic_open(path) as fh:  # drop a torn last line before appending
             fh.writelines(json.dumps(e, sort_keys=True) + "\n" for e in self.done.values())
         self._fh = open(path, "a")  # noqa: SIM115 - closed in close()
 
     def record(self, key: str, result: FileResult) -> None:
         """Store one finished file: its part first, then the journal line (flushed and fsynced)."""
         part = hashlib.sha1(key.encode()).hexdigest()[:20] + ".npz"
-        with _atomic(self.parts / part, "wb") as fh:
+        with atomic_open(self.parts / part, "wb") as fh:
             np.savez(fh, starts=result.starts, ends=result.ends, scores=result.scores)
         entry = {"file": key, "part": part, "duration": result.duration, "windows": len(result.starts)}
         self._fh.write(json.dumps(entry, sort_keys=True) + "\n")
@@ -288,7 +277,7 @@ def _write_per_file(out_dir: Path, name: str, detections: pd.DataFrame, formats:
     for fmt, path in (("raven", out_dir / "raven" / f"{name}.selections.txt"),
                       ("audacity", out_dir / "audacity" / f"{name}.txt")):
         if fmt in formats and not (only_missing and path.exists()):
-            with _atomic(path) as fh:
+            with atomic_open(path) as fh:
                 if fmt == "raven":
                     _write(to_raven(detections, freq_range), fh, sep="\t")
                 else:
@@ -348,7 +337,7 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
     if not opts_path.exists() or json.loads(opts_path.read_text()) != opts:
         for sub in ("raven", "audacity"):  # per-file tables of other options are rewritten at the end
             shutil.rmtree(out_dir / sub, ignore_errors=True)
-        with _atomic(opts_path) as fh:
+        with atomic_open(opts_path) as fh:
             json.dump(opts, fh)
     todo = [f for f in files if _key(f) not in journal.done]
     n_resumed = len(files) - len(todo)
@@ -436,7 +425,7 @@ def _finalize(predictor: Predictor, files: Sequence[Path], journal: Journal, err
                 o.write(_empty(o.path.name, classes), sep="\t" if o.path.suffix == ".txt" else ",")
         written = [o.path for o in out.values()] + ([parquet.path] if parquet is not None else [])
     err = pd.DataFrame([(str(f), errors[_key(f)]) for f in files if _key(f) in errors], columns=["file", "reason"])
-    with _atomic(out_dir / "errors.csv") as fh:
+    with atomic_open(out_dir / "errors.csv") as fh:
         _write(err, fh)
     return [*written, out_dir / "errors.csv"]
 

@@ -6,7 +6,6 @@ The CLI and the Python API both go through these functions, so ``nfaudio train``
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 from pathlib import Path
@@ -26,6 +25,7 @@ from nfaudio.data import (
     read_csv_manifest,
     validate_manifest,
 )
+from nfaudio.fileio import write_json
 from nfaudio.models import AudioClassifier, create_model
 
 log = logging.getLogger(__name__)
@@ -136,6 +136,4 @@ def write_run_info(out_dir: Path, cfg: Config, extra: dict[str, Any] | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_config(cfg, out_dir / "config.yaml")
     info = {"nfaudio_version": nfaudio.__version__, "git_commit": git_commit(), **(extra or {})}
-    tmp = out_dir / "run.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2, default=str))
-    tmp.replace(out_dir / "run.json")
+    write_json(out_dir / "run.json", info, default=str)

@@ -13,7 +13,6 @@ All randomness comes from ``np.random.default_rng``: one seed gives identical CS
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -24,6 +23,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import soundfile as sf
+
+from nfaudio.fileio import atomic_path, write_csv, write_json
 
 __all__ = ["SPECIES", "Event", "NoiseProfile", "SpeciesSpec", "SynthConfig", "SynthDataset", "events_to_labels",
            "generate_dataset", "make_call", "make_clip", "make_soundscape"]
@@ -340,16 +341,12 @@ def events_to_labels(events: Sequence[tuple[float, float, str]], classes: Sequen
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    df.to_csv(tmp, index=False, lineterminator="\n")
-    os.replace(tmp, path)
+    write_csv(df, path, lineterminator="\n")
 
 
 def _write_ogg(path: Path, y: np.ndarray, sr: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    sf.write(tmp, np.clip(y, -1.0, 1.0), sr, format="OGG", subtype="VORBIS")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sf.write(tmp, np.clip(y, -1.0, 1.0), sr, format="OGG", subtype="VORBIS")
 
 
 def _stored_config(config: SynthConfig) -> dict:
@@ -486,9 +483,7 @@ def generate_dataset(root: str | Path, config: SynthConfig = SynthConfig(),  # n
     _write_csv(pd.concat([ids, uniform], axis=1), dataset.sample_submission)
     _write_csv(pd.DataFrame(event_rows, columns=["soundscape", "start", "end", "label"]),
                dataset.soundscape_events)
-    tmp = root / (_CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(_stored_config(config), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, root / _CONFIG_FILE)
+    write_json(root / _CONFIG_FILE, _stored_config(config), sort_keys=True)
     (root / _MARKER_FILE).unlink()
     logger.info("generated %d clips and %d soundscapes (%d classes, %d Hz) in %s in %.1f s", len(rows),
                 config.n_soundscapes, len(classes), sr, root, time.perf_counter() - t0)

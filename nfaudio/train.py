@@ -27,6 +27,7 @@ from nfaudio.agc import AGC, agc_parameters
 from nfaudio.augment import Mixup
 from nfaudio.config import Config
 from nfaudio.data import AudioDataset, Manifest, class_balanced_weights, encode_targets
+from nfaudio.fileio import torch_save, write_csv
 from nfaudio.losses import ClipFrameLoss
 from nfaudio.metrics import get_metric
 from nfaudio.models import AudioClassifier, save_model
@@ -197,12 +198,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_save(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
 def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str | Path,
         resume: bool = False, seed: int | None = None) -> FitResult:
     """Train on ``train_set``, validate on ``val_set`` every epoch, checkpoint into ``out_dir``.
@@ -358,7 +353,7 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str
                        metric=t.metric, duration=a.duration, activation="softmax" if single_label else "sigmoid")
         else:
             bad_epochs += 1
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
                       "best_score": best_score, "best_epoch": best_epoch, "history": history,
@@ -392,8 +387,6 @@ def train_from_config(cfg: Config, out_dir: str | Path, resume: bool = False) ->
     if not cfg.data.split_column:
         folds = assign_folds(manifest, cfg.cv.n_folds, cfg.cv.strategy, cfg.cv.group_column, cfg.train.seed)
         table = manifest.df[["row_id", "primary_label"]].assign(fold=folds)
-        tmp = out_dir / "folds.csv.tmp"
-        table.to_csv(tmp, index=False)
-        tmp.replace(out_dir / "folds.csv")
+        write_csv(table, out_dir / "folds.csv")
     train_set, val_set = split_train_val(cfg, manifest, folds)
     return fit(cfg, train_set, val_set, out_dir, resume=resume)

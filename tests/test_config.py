@@ -9,7 +9,7 @@ def test_defaults_round_trip_through_yaml(tmp_path):
     path = tmp_path / "config.yaml"
     dump_config(cfg, path)
     assert load_config(path) == cfg
-    assert not (tmp_path / "config.yaml.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]  # no temporary file left
 
 
 def test_recipe_values_and_types(tmp_path):

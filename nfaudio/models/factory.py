@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import nfaudio
+from nfaudio.fileio import torch_save
 from nfaudio.models.classifier import AudioClassifier
 from nfaudio.models.registry import ModelConfig, resolve_config
 
@@ -109,9 +110,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, **extra: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt = {"config": model.config.to_dict(), "state_dict": model.state_dict(),
             "nfaudio_version": nfaudio.__version__, **_plain(extra)}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
+    torch_save(ckpt, path)
     return path
 
 

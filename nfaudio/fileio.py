@@ -1,0 +1,66 @@
+"""Atomic file writes: every output nfaudio writes goes to ``<name>.nfaudio-tmp`` first and is renamed into
+place only when complete, so a killed job never leaves a half-written checkpoint, table or config behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+TMP_SUFFIX = ".nfaudio-tmp"  # files being written; a leftover one is from a killed job
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
+
+    The parent folder is created. On an exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """``open`` for writing through :func:`atomic_path`; text mode uses ``newline=""``; fsynced before the rename."""
+    with atomic_path(path) as tmp, open(tmp, mode, **({"newline": ""} if "b" not in mode else {})) as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` atomically."""
+    with atomic_open(path) as fh:
+        fh.write(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any, **kwargs: Any) -> None:
+    """Write ``obj`` as JSON (``indent=2`` unless given) atomically."""
+    kwargs.setdefault("indent", 2)
+    write_text(path, json.dumps(obj, **kwargs) + "\n")
+
+
+def write_csv(df: Any, path: str | os.PathLike, **kwargs: Any) -> None:
+    """``df.to_csv(path, index=False, **kwargs)`` atomically."""
+    kwargs.setdefault("index", False)
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, **kwargs)
+
+
+def torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` atomically."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
