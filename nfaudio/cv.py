@@ -134,7 +134,7 @@ def run_cv(cfg: Config, out_dir: str | Path, folds: list[int] | None = None, ful
             part = predict_oof(cfg, fold_dir, val_set)
             part.insert(1, "fold", k)
             write_csv(part, oof_path)
-            write_json({"best_score": result.best_score, "best_epoch": result.best_epoch}, done)
+            write_json(done, {"best_score": result.best_score, "best_epoch": result.best_epoch})
         oof_parts.append(pd.read_csv(oof_path, dtype={"row_id": str}))
     oof = pd.concat(oof_parts, ignore_index=True)
     write_csv(oof, out_dir / "oof.csv")
@@ -143,5 +143,5 @@ def run_cv(cfg: Config, out_dir: str | Path, folds: list[int] | None = None, ful
     if full:
         fit(cfg, manifest, None, out_dir / "full", resume=True, seed=cfg.train.seed)
         metrics["full_model"] = str(out_dir / "full" / "best.pt")
-    write_json(metrics, out_dir / "metrics.json")
+    write_json(out_dir / "metrics.json", metrics)
     return metrics
