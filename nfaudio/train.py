@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from nfaudio.agc import AGC, agc_parameters
 from nfaudio.augment import Mixup
-from nfaudio.config import Config
+from nfaudio.config import Config, ConfigError
 from nfaudio.data import AudioDataset, Manifest, class_balanced_weights, encode_targets
 from nfaudio.fileio import torch_save, write_csv
 from nfaudio.losses import ClipFrameLoss
@@ -114,13 +114,13 @@ class _Logger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as exc:
-                raise RuntimeError("train.tensorboard=true needs the 'tensorboard' package") from exc
+                raise ConfigError("train.tensorboard=true needs the 'tensorboard' package") from exc
             self.tb = SummaryWriter(str(out_dir / "tb"))
         if cfg.train.wandb:
             try:
                 import wandb
             except ImportError as exc:
-                raise RuntimeError("train.wandb=true needs the 'wandb' package (WANDB_MODE=offline works)") from exc
+                raise ConfigError("train.wandb=true needs the 'wandb' package (WANDB_MODE=offline works)") from exc
             self.wandb = wandb.init(dir=str(out_dir), config=cfg.to_dict(), resume="allow")
         if not resume and self.path.exists():
             self.path.unlink()

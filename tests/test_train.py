@@ -143,3 +143,37 @@ def test_load_data_accepts_a_birdclef_metadata_file(tiny_birdclef):
                                                 "manifest": str(tiny_birdclef.root / "train_metadata.csv")}))
     assert list(by_file.df["row_id"]) == list(by_root.df["row_id"])
     assert by_file.classes == by_root.classes
+
+
+def test_early_stopping_stops_when_the_score_stalls(tiny_birdclef, tmp_path):
+    _, tr, va = _split(tiny_birdclef.root)
+    cfg = tiny_recipe(tiny_birdclef.root, optim={"lr": 0.0}, train={"epochs": 6, "early_stop_patience": 1})
+    result = fit(cfg, tr, va, tmp_path)
+    assert [h["epoch"] for h in result.history] == [1, 2]  # lr 0: epoch 2 does not improve, patience 1
+    assert result.best_epoch == 1
+
+
+def test_gradient_accumulation_steps_the_scheduler_per_optimizer_step(tiny_birdclef, tmp_path):
+    _, tr, va = _split(tiny_birdclef.root)  # 8 training clips, batch 2 -> 4 batches, 2 optimizer steps
+    cfg = tiny_recipe(tiny_birdclef.root, train={"epochs": 1, "batch_size": 2, "accum_steps": 2})
+    fit(cfg, tr, va, tmp_path)
+    state = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == 2
+
+
+def test_missing_logger_package_is_a_config_error(tiny_birdclef, tmp_path, monkeypatch):
+    import builtins
+
+    from nfaudio.config import ConfigError
+
+    real_import = builtins.__import__
+
+    def no_tensorboard(name, *args, **kwargs):
+        if name == "torch.utils.tensorboard":
+            raise ImportError("no tensorboard")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorboard)
+    _, tr, va = _split(tiny_birdclef.root)
+    with pytest.raises(ConfigError, match="needs the 'tensorboard' package"):
+        fit(tiny_recipe(tiny_birdclef.root, train={"tensorboard": True}), tr, va, tmp_path)
