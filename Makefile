@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make test   - create .venv when missing, install nfaudio[dev,onnx], run the tests
+#   make test   - create .venv when missing, install nfaudio[dev,onnx,openvino,parquet], run the tests
 #   make demo   - create .venv when missing, install nfaudio, run the built-in demo
 PYTHON ?= python3
 VENV ?= .venv
@@ -8,10 +8,10 @@ STAMP := $(VENV)/.nfaudio-installed
 
 .PHONY: venv test test-all demo lint bench clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx]'
+	$(PY) -m pip install --quiet -e '.[dev,onnx,openvino,parquet]'
 	touch $(STAMP)
 
 venv: $(STAMP)
