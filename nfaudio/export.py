@@ -28,7 +28,8 @@ from torch import nn
 
 import nfaudio
 from nfaudio.fileio import atomic_path
-from nfaudio.models import AudioClassifier, ModelConfig
+from nfaudio.models import AudioClassifier
+from nfaudio.models import load_checkpoint as read_checkpoint
 
 __all__ = ["OPSET", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer", "activate", "export_onnx",
            "load_checkpoint", "load_runtime_scorer", "read_onnx_metadata"]
@@ -72,11 +73,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[AudioClassifier, dict[str,
     Raises:
         ValueError: not an nfaudio checkpoint.
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or "config" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path} is not an nfaudio checkpoint (no 'config'/'state_dict')")
-    model = AudioClassifier(ModelConfig.from_dict(ckpt["config"]))
-    model.load_state_dict(ckpt["state_dict"])
+    model, ckpt = read_checkpoint(path)
     classes = [str(c) for c in ckpt.get("classes") or []]
     if not classes:
         classes = [f"class_{i}" for i in range(model.num_classes)]

@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic BirdCLEF dataset and a tiny training recipe."""
 
 import pytest
+import torch
 
 from nfaudio.config import from_dict
 from nfaudio.synth import SynthConfig, generate_dataset
@@ -29,3 +30,12 @@ def tiny_recipe(root, **sections):
     for name, overrides in sections.items():
         values.setdefault(name, {}).update(overrides)
     return from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op thread for the module: the CPU is shared with decode workers, and results stay reproducible."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

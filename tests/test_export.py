@@ -25,12 +25,7 @@ CLASSES = ["alpha", "beta", "gamma"]
 FRONTEND = dict(sample_rate=SR, n_fft=512, hop_length=160, n_mels=32, fmin=20.0, fmax=8000.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

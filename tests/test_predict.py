@@ -29,13 +29,7 @@ FRONTEND = dict(sample_rate=SR, n_fft=512, hop_length=160, n_mels=32, fmin=20.0,
 ALL_FORMATS = ["submission", "table", "detections", "raven", "audacity"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CPU is shared: one intra-op thread keeps the tiny model fast and its results reproducible."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_model(path: Path, seed: int) -> Path:

@@ -8,7 +8,7 @@ from conftest import tiny_recipe
 
 from nfaudio import train as train_mod
 from nfaudio.data import read_birdclef
-from nfaudio.models import load_model
+from nfaudio.models import load_checkpoint, load_model
 from nfaudio.runs import build_model
 from nfaudio.train import build_optimizer, cosine_lambda, fit, is_normalizer_free, train_from_config
 
@@ -33,9 +33,10 @@ def test_fit_writes_run_directory(tiny_birdclef, tmp_path):
     model = load_model(tmp_path / "best.pt")
     out = model.eval()(torch.zeros(2, 16000))
     assert out.clip.shape == (2, 3)
-    saved = torch.load(tmp_path / "best.pt", weights_only=False)
+    _, saved = load_checkpoint(tmp_path / "best.pt")
     assert saved["classes"] == list(tr.classes)
     assert saved["duration"] == 1.0
+    assert saved["activation"] == "sigmoid"
 
 
 def test_resumed_run_ends_with_identical_weights(tiny_birdclef, tmp_path, monkeypatch):

@@ -118,6 +118,16 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
                weights_only: bool = True) -> AudioClassifier:
     """Rebuild a model saved by :func:`save_model` (same config, same weights, same outputs).
 
+    Same as ``load_checkpoint(path)[0]``; see :func:`load_checkpoint` for the arguments and errors.
+    """
+    return load_checkpoint(path, map_location, weights_only)[0]
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    weights_only: bool = True) -> tuple[AudioClassifier, dict[str, Any]]:
+    """Read a :func:`save_model` checkpoint once: the rebuilt model and the ``extra`` entries saved with it
+    (e.g. ``classes``, ``duration``, ``activation``, ``epoch``).
+
     Args:
         path: checkpoint file.
         map_location: where ``torch.load`` puts the tensors while reading; the model is built on the CPU
@@ -126,7 +136,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             other Python objects.
 
     Returns:
-        The model in eval mode.
+        ``(model in eval mode, extra dict)``.
 
     Raises:
         FileNotFoundError: no such file.
@@ -148,4 +158,5 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         log.info("%s was saved by nfaudio %s (running %s)", path, version, nfaudio.__version__)
     model = AudioClassifier(ModelConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
+    extra = {k: v for k, v in ckpt.items() if k not in ("config", "state_dict")}
+    return model.eval(), extra
