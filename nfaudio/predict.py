@@ -19,11 +19,7 @@ using the neighbouring audio, and the probabilities are averaged) and neighbour 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
-import multiprocessing as mp
-import os
-import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +29,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nfaudio.audio import AUDIO_EXTENSIONS, AudioError, info, stream_windows
+from nfaudio.audio import AUDIO_EXTENSIONS, AudioError
+from nfaudio.decode import DecodeSpec, iter_decoded
 from nfaudio.export import Scorer, TorchScorer, load_checkpoint
 from nfaudio.models import AudioClassifier
 from nfaudio.outputs import to_submission
@@ -159,157 +156,6 @@ def smooth_neighbours(scores: np.ndarray, weight: float) -> np.ndarray:
     return ((1.0 - 2.0 * weight) * scores + weight * (prev + nxt)).astype(scores.dtype, copy=False)
 
 
-# ----------------------------------------------------------------------------- decoding
-@dataclass(frozen=True)
-class _DecodeSpec:
-    """What a decode worker cuts: windows in seconds, TTA shifts in samples (the first is 0)."""
-
-    sample_rate: int
-    window: float
-    hop: float
-    last: str
-    shifts: tuple[int, ...]
-    chunk: int  # windows per message (one forward pass)
-    min_duration: float
-
-
-def _shifted(stream: Iterator[tuple[float, float, np.ndarray]], spec: _DecodeSpec
-             ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Add the TTA copies: (start, end, (shifts, T)) cut from the previous, current and next window."""
-    sr, shifts = spec.sample_rate, spec.shifts
-    lo, hi = min(min(shifts), 0), max(max(shifts), 0)
-    prev = cur = None
-    for nxt in itertools.chain(stream, [None]):
-        if cur is not None:
-            size = len(cur[2])
-            origin = int(round(cur[0] * sr)) + lo  # absolute sample index of span[0]
-            span = np.zeros(size + hi - lo, dtype=np.float32)
-            for item in (prev, cur, nxt):  # overlaps agree; padding only lies past the end of the file
-                if item is not None:
-                    a = int(round(item[0] * sr)) - origin
-                    i0, i1 = max(0, -a), min(size, len(span) - a)
-                    if i1 > i0:
-                        span[a + i0:a + i1] = item[2][i0:i1]
-            yield cur[0], cur[1], np.stack([span[s - lo:s - lo + size] for s in shifts])
-        prev, cur = cur, nxt
-
-
-def _file_messages(idx: int, path: Path, spec: _DecodeSpec) -> Iterator[tuple[int, str, Any]]:
-    """Decode one file into ``(idx, "chunk", (starts, ends, waves))`` messages, then ``(idx, "done", duration)``
-    or, on any failure, ``(idx, "error", (reason, duration))``."""
-    duration = 0.0
-    try:
-        duration = info(path).duration
-        if duration < spec.min_duration:
-            yield idx, "error", (f"too short: {duration:.3f} s < min_duration {spec.min_duration:g} s", duration)
-            return
-        stream = stream_windows(path, spec.sample_rate, spec.window, spec.hop, last=spec.last)
-        if len(spec.shifts) > 1:
-            stream = _shifted(stream, spec)
-        n = 0
-        while chunk := list(itertools.islice(stream, spec.chunk)):
-            waves = np.concatenate([w.reshape(-1, w.shape[-1]) for _, _, w in chunk])  # (n * shifts, T)
-            yield idx, "chunk", (np.array([c[0] for c in chunk]), np.array([c[1] for c in chunk]), waves)
-            n += len(chunk)
-        if n:
-            yield idx, "done", duration
-        else:
-            yield idx, "error", (f"too short: no full {spec.window:g} s window in {duration:.3f} s "
-                                 f"(last={spec.last!r})", duration)
-    except AudioError as err:
-        yield idx, "error", (err.reason, duration)
-    except Exception as err:  # any failure of one file must not stop the run
-        log.debug("decoding %s failed", path, exc_info=True)
-        yield idx, "error", (f"{type(err).__name__}: {err}", duration)
-
-
-def _decode_worker(conn: Any, others: Sequence[Any], spec: _DecodeSpec, parent: int) -> None:
-    """Worker process: receive ``(idx, path)`` tasks on ``conn`` until ``None`` and send back the file's
-    messages. Sends block while the parent is busy (backpressure); exits when orphaned."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    for other in others:  # the parent's ends of the pipes (this one's too), inherited by fork
-        other.close()
-    try:
-        while True:
-            while not conn.poll(0.5):
-                if os.getppid() != parent:
-                    return
-            task = conn.recv()
-            if task is None:
-                return
-            for msg in _file_messages(task[0], Path(task[1]), spec):
-                conn.send(msg)
-    except (EOFError, OSError):  # the parent went away
-        return
-
-
-def _iter_decoded(files: Sequence[Path], spec: _DecodeSpec, num_workers: int) -> Iterator[tuple[int, str, Any]]:
-    """Messages of :func:`_file_messages` for every file, decoded by ``num_workers`` processes (0: inline).
-
-    Each worker has its own pipe and decodes one file at a time; its sends block until the model side reads
-    them, so memory stays O(workers x chunk). A worker that dies (e.g. a decoder crash on a corrupt file)
-    fails only the file it was decoding and is replaced.
-    """
-    if num_workers == 0 or len(files) == 0:
-        for idx, path in enumerate(files):
-            yield from _file_messages(idx, path, spec)
-        return
-    from multiprocessing.connection import wait
-
-    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")  # fork: no re-imports
-    todo = list(enumerate(files))[::-1]  # pop() from the end = input order
-    conns: dict[Any, tuple[Any, int]] = {}  # parent end -> (process, file index it is decoding)
-
-    def assign(conn: Any, proc: Any) -> None:
-        if todo:
-            idx, path = todo.pop()
-            conn.send((idx, str(path)))
-            conns[conn] = (proc, idx)
-        else:
-            conn.send(None)
-            conn.close()
-            proc.join()
-
-    def start() -> None:
-        mine, theirs = ctx.Pipe()
-        proc = ctx.Process(target=_decode_worker, name="nfaudio-decode", daemon=True,
-                           args=(theirs, [*conns, mine], spec, os.getpid()))
-        proc.start()
-        theirs.close()
-        assign(mine, proc)
-
-    try:
-        for _ in range(min(num_workers, len(files))):
-            start()
-        while conns:
-            for conn in wait(list(conns), timeout=1.0):
-                proc, idx = conns[conn]
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):  # the worker died mid-file
-                    del conns[conn]
-                    conn.close()
-                    proc.join()
-                    log.warning("decode worker died (exit code %s) on %s; restarting it", proc.exitcode, files[idx])
-                    yield idx, "error", (f"decoder process died (exit code {proc.exitcode})", 0.0)
-                    if todo:
-                        start()
-                    continue
-                if msg[1] != "chunk":
-                    del conns[conn]
-                    assign(conn, proc)
-                yield msg
-    finally:
-        for conn, (proc, _) in list(conns.items()):
-            conn.close()  # the worker sees EOF/EPIPE and exits
-            proc.join(timeout=2.0)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join()
-
-
 # ----------------------------------------------------------------------------- predictor
 class Predictor:
     """Score long recordings window by window with one model or an ensemble.
@@ -430,10 +276,10 @@ class Predictor:
                 "batch_size": self.batch_size, "tta_shifts": list(self.tta_shifts), "smoothing": self.smoothing,
                 "min_duration": self.min_duration}
 
-    def _decode_spec(self) -> _DecodeSpec:
+    def _decode_spec(self) -> DecodeSpec:
         shifts = (0,) + tuple(int(round(s * self.sample_rate)) for s in self.tta_shifts)
         per_chunk = max(1, self.batch_size // len(shifts))
-        return _DecodeSpec(sample_rate=self.sample_rate, window=self.window, hop=self.hop, last=self.last,
+        return DecodeSpec(sample_rate=self.sample_rate, window=self.window, hop=self.hop, last=self.last,
                           shifts=shifts, chunk=per_chunk, min_duration=self.min_duration)
 
     def iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
@@ -443,7 +289,7 @@ class Predictor:
         n_shifts = len(spec.shifts)
         parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         files = [Path(f) for f in files]
-        for idx, kind, payload in _iter_decoded(files, spec, self.num_workers):
+        for idx, kind, payload in iter_decoded(files, spec, self.num_workers):
             if kind == "chunk":
                 starts, ends, waves = payload
                 probs = self.scorer(waves)  # (n * shifts, C), window-major
@@ -468,7 +314,6 @@ class Predictor:
         Raises:
             nfaudio.audio.AudioError: the file cannot be scored.
         """
-        from nfaudio.audio import AudioError
 
         for res in self.iter_results([path]):
             if res.error:

@@ -256,16 +256,16 @@ def test_bad_files_go_to_errors_csv_and_exit_status(ckpt: Path, audio_dir: Path,
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the patch reaches workers through fork")
 def test_a_crashing_decoder_fails_only_its_file(ckpt: Path, audio_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import nfaudio.predict as predict_module
+    import nfaudio.decode as decode_module
 
-    original = predict_module._file_messages
+    original = decode_module._file_messages
 
     def crash_on_b(idx, path, spec):  # runs in the forked decode worker
         if path.stem == "rec_b":
             os._exit(3)
         yield from original(idx, path, spec)
 
-    monkeypatch.setattr(predict_module, "_file_messages", crash_on_b)
+    monkeypatch.setattr(decode_module, "_file_messages", crash_on_b)
     pred = Predictor.from_checkpoint(ckpt, num_workers=1)
     df = pred.predict([audio_dir])
     assert [Path(f).stem for f in dict.fromkeys(df.index.get_level_values("file"))] == ["rec_a", "rec_c"]

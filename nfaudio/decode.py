@@ -1,0 +1,173 @@
+"""Decode workers for the predictor: processes that decode, resample and cut recordings into windows.
+
+Each worker owns one pipe and blocks until its chunk is taken, so memory stays O(workers x batch) whatever
+the number or length of the files. A worker that dies fails only the file it was on and is restarted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nfaudio.audio import AudioError, info, stream_windows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What a decode worker cuts: windows in seconds, TTA shifts in samples (the first is 0)."""
+
+    sample_rate: int
+    window: float
+    hop: float
+    last: str
+    shifts: tuple[int, ...]
+    chunk: int  # windows per message (one forward pass)
+    min_duration: float
+
+
+def _shifted(stream: Iterator[tuple[float, float, np.ndarray]], spec: DecodeSpec
+             ) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Add the TTA copies: (start, end, (shifts, T)) cut from the previous, current and next window."""
+    sr, shifts = spec.sample_rate, spec.shifts
+    lo, hi = min(min(shifts), 0), max(max(shifts), 0)
+    prev = cur = None
+    for nxt in itertools.chain(stream, [None]):
+        if cur is not None:
+            size = len(cur[2])
+            origin = int(round(cur[0] * sr)) + lo  # absolute sample index of span[0]
+            span = np.zeros(size + hi - lo, dtype=np.float32)
+            for item in (prev, cur, nxt):  # overlaps agree; padding only lies past the end of the file
+                if item is not None:
+                    a = int(round(item[0] * sr)) - origin
+                    i0, i1 = max(0, -a), min(size, len(span) - a)
+                    if i1 > i0:
+                        span[a + i0:a + i1] = item[2][i0:i1]
+            yield cur[0], cur[1], np.stack([span[s - lo:s - lo + size] for s in shifts])
+        prev, cur = cur, nxt
+
+
+def _file_messages(idx: int, path: Path, spec: DecodeSpec) -> Iterator[tuple[int, str, Any]]:
+    """Decode one file into ``(idx, "chunk", (starts, ends, waves))`` messages, then ``(idx, "done", duration)``
+    or, on any failure, ``(idx, "error", (reason, duration))``."""
+    duration = 0.0
+    try:
+        duration = info(path).duration
+        if duration < spec.min_duration:
+            yield idx, "error", (f"too short: {duration:.3f} s < min_duration {spec.min_duration:g} s", duration)
+            return
+        stream = stream_windows(path, spec.sample_rate, spec.window, spec.hop, last=spec.last)
+        if len(spec.shifts) > 1:
+            stream = _shifted(stream, spec)
+        n = 0
+        while chunk := list(itertools.islice(stream, spec.chunk)):
+            waves = np.concatenate([w.reshape(-1, w.shape[-1]) for _, _, w in chunk])  # (n * shifts, T)
+            yield idx, "chunk", (np.array([c[0] for c in chunk]), np.array([c[1] for c in chunk]), waves)
+            n += len(chunk)
+        if n:
+            yield idx, "done", duration
+        else:
+            yield idx, "error", (f"too short: no full {spec.window:g} s window in {duration:.3f} s "
+                                 f"(last={spec.last!r})", duration)
+    except AudioError as err:
+        yield idx, "error", (err.reason, duration)
+    except Exception as err:  # any failure of one file must not stop the run
+        log.debug("decoding %s failed", path, exc_info=True)
+        yield idx, "error", (f"{type(err).__name__}: {err}", duration)
+
+
+def _decode_worker(conn: Any, others: Sequence[Any], spec: DecodeSpec, parent: int) -> None:
+    """Worker process: receive ``(idx, path)`` tasks on ``conn`` until ``None`` and send back the file's
+    messages. Sends block while the parent is busy (backpressure); exits when orphaned."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    for other in others:  # the parent's ends of the pipes (this one's too), inherited by fork
+        other.close()
+    try:
+        while True:
+            while not conn.poll(0.5):
+                if os.getppid() != parent:
+                    return
+            task = conn.recv()
+            if task is None:
+                return
+            for msg in _file_messages(task[0], Path(task[1]), spec):
+                conn.send(msg)
+    except (EOFError, OSError):  # the parent went away
+        return
+
+
+def iter_decoded(files: Sequence[Path], spec: DecodeSpec, num_workers: int) -> Iterator[tuple[int, str, Any]]:
+    """Messages of :func:`_file_messages` for every file, decoded by ``num_workers`` processes (0: inline).
+
+    Each worker has its own pipe and decodes one file at a time; its sends block until the model side reads
+    them, so memory stays O(workers x chunk). A worker that dies (e.g. a decoder crash on a corrupt file)
+    fails only the file it was decoding and is replaced.
+    """
+    if num_workers == 0 or len(files) == 0:
+        for idx, path in enumerate(files):
+            yield from _file_messages(idx, path, spec)
+        return
+    from multiprocessing.connection import wait
+
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")  # fork: no re-imports
+    todo = list(enumerate(files))[::-1]  # pop() from the end = input order
+    conns: dict[Any, tuple[Any, int]] = {}  # parent end -> (process, file index it is decoding)
+
+    def assign(conn: Any, proc: Any) -> None:
+        if todo:
+            idx, path = todo.pop()
+            conn.send((idx, str(path)))
+            conns[conn] = (proc, idx)
+        else:
+            conn.send(None)
+            conn.close()
+            proc.join()
+
+    def start() -> None:
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_decode_worker, name="nfaudio-decode", daemon=True,
+                           args=(theirs, [*conns, mine], spec, os.getpid()))
+        proc.start()
+        theirs.close()
+        assign(mine, proc)
+
+    try:
+        for _ in range(min(num_workers, len(files))):
+            start()
+        while conns:
+            for conn in wait(list(conns), timeout=1.0):
+                proc, idx = conns[conn]
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):  # the worker died mid-file
+                    del conns[conn]
+                    conn.close()
+                    proc.join()
+                    log.warning("decode worker died (exit code %s) on %s; restarting it", proc.exitcode, files[idx])
+                    yield idx, "error", (f"decoder process died (exit code {proc.exitcode})", 0.0)
+                    if todo:
+                        start()
+                    continue
+                if msg[1] != "chunk":
+                    del conns[conn]
+                    assign(conn, proc)
+                yield msg
+    finally:
+        for conn, (proc, _) in list(conns.items()):
+            conn.close()  # the worker sees EOF/EPIPE and exits
+            proc.join(timeout=2.0)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join()
