@@ -154,6 +154,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     amp: bool = True
     early_stop_patience: int | None = None
+    select: str = "best"
     seed: int = 42
     balanced_alpha: float | None = None
     use_rating: bool = False

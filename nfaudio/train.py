@@ -224,6 +224,8 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str
     if val_set is not None and list(train_set.classes) != list(val_set.classes):
         raise ValueError("training and validation manifests have different class lists")
     t = cfg.train
+    if t.select not in ("best", "last"):
+        raise ConfigError(f"train.select must be 'best' or 'last', got {t.select!r}")
     seed = t.seed if seed is None else seed
     seed_everything(seed)
     device = resolve_device(t.device)
@@ -347,12 +349,14 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str
         logger.log(row)
         log.info("epoch %d: train_loss %.4f val_loss %.4f %s %.4f (%.1f clips/s)", epoch + 1,
                  row["train_loss"], val_loss, t.metric, score, row["clips_per_s"])
-        if score > best_score:
+        improved = score > best_score
+        if improved:
             best_score, best_epoch, bad_epochs = score, epoch + 1, 0
-            save_model(eval_model, out_dir / "best.pt", classes=classes, epoch=epoch + 1, score=score,
-                       metric=t.metric, duration=a.duration, activation="softmax" if single_label else "sigmoid")
         else:
             bad_epochs += 1
+        if improved or t.select == "last":
+            save_model(eval_model, out_dir / "best.pt", classes=classes, epoch=epoch + 1, score=score,
+                       metric=t.metric, duration=a.duration, activation="softmax" if single_label else "sigmoid")
         torch_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                       "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
@@ -361,6 +365,8 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str
     logger.close()
     if history:
         plot_curves(history, out_dir / "curves.png")
+    if t.select == "last" and history and val_set is not None:
+        best_score, best_epoch = history[-1]["val_score"], int(history[-1]["epoch"])
     return FitResult(best_score=best_score, best_epoch=best_epoch, history=history, out_dir=out_dir)
 
 

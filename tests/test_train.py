@@ -178,3 +178,15 @@ def test_missing_logger_package_is_a_config_error(tiny_birdclef, tmp_path, monke
     _, tr, va = _split(tiny_birdclef.root)
     with pytest.raises(ConfigError, match="needs the 'tensorboard' package"):
         fit(tiny_recipe(tiny_birdclef.root, train={"tensorboard": True}), tr, va, tmp_path)
+
+
+def test_select_last_keeps_the_final_epoch(tiny_birdclef, tmp_path):
+    _, tr, va = _split(tiny_birdclef.root)
+    cfg = tiny_recipe(tiny_birdclef.root, train={"epochs": 3, "select": "last"})
+    result = fit(cfg, tr, va, tmp_path)
+    _, extra = load_checkpoint(tmp_path / "best.pt")
+    assert extra["epoch"] == 3
+    assert result.best_epoch == 3
+    assert result.best_score == pytest.approx(result.history[-1]["val_score"])
+    with pytest.raises(ValueError, match="train.select must be 'best' or 'last'"):
+        fit(tiny_recipe(tiny_birdclef.root, train={"select": "worst"}), tr, va, tmp_path / "x")
