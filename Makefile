@@ -31,6 +31,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/frontend.py
 	$(PY) benchmarks/models.py
+	$(PY) benchmarks/predict.py
 
 clean-venv:
 	rm -rf $(VENV)
