@@ -190,3 +190,24 @@ def test_select_last_keeps_the_final_epoch(tiny_birdclef, tmp_path):
     assert result.best_score == pytest.approx(result.history[-1]["val_score"])
     with pytest.raises(ValueError, match="train.select must be 'best' or 'last'"):
         fit(tiny_recipe(tiny_birdclef.root, train={"select": "worst"}), tr, va, tmp_path / "x")
+
+
+def test_fine_tuning_from_a_local_imagenet_checkpoint_is_a_recipe_setting(tiny_birdclef, tmp_path):
+    import timm
+
+    torch.manual_seed(1)
+    rgb = timm.create_model("test_nfnet", pretrained=False, num_classes=1000).state_dict()  # 3-channel stem
+    weights = tmp_path / "imagenet.pth"
+    torch.save(rgb, weights)
+    _, tr, va = _split(tiny_birdclef.root)
+    cfg = tiny_recipe(tiny_birdclef.root, model={"name": "test_nfnet", "pretrained": str(weights)},
+                      optim={"backbone_lr_mult": 0.1}, train={"epochs": 1, "freeze_backbone_epochs": 1})
+    fit(cfg, tr, va, tmp_path / "run")
+    body = {k.removeprefix("backbone.model."): v
+            for k, v in torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"].items()
+            if k.startswith("backbone.model.")}
+    torch.testing.assert_close(body["stem.conv1.weight"], rgb["stem.conv1.weight"].sum(1, keepdim=True),
+                               rtol=0, atol=0)  # summed RGB stem, untouched by the frozen warm-up epoch
+    for key, value in body.items():
+        if key != "stem.conv1.weight":
+            assert torch.equal(value, rgb[key]), key
