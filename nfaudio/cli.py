@@ -68,11 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="openvino only: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX, scores approximate")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--window", type=float, default=None,
+                   help="window seconds (default: the run's predict.window, else the training duration)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="windows per forward pass (default: the run's predict.batch_size, 32)")
     hop = p.add_mutually_exclusive_group()
     hop.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: window)")
     hop.add_argument("--overlap", type=float, default=None, help="seconds shared by consecutive windows")
-    p.add_argument("--last", choices=("pad", "drop", "shift"), default="pad",
+    p.add_argument("--last", choices=("pad", "drop", "shift"), default=None,
                    help="last window: zero-pad a partial one, drop it, or shift it back to end at the file end")
     p.add_argument("--tta-shift", type=float, default=0.0, metavar="S",
                    help="time-shift TTA: average each window with the windows shifted by -S and +S seconds")
@@ -169,8 +172,11 @@ def _str_list(text: str) -> list[str]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from nfaudio.predict import Predictor
+    from nfaudio.predict import Predictor, predict_defaults
 
+    defaults = predict_defaults(args.model)
+    window = {"window": w} if (w := args.window or defaults.window) else {}
+    hop = args.hop if args.hop is not None or args.overlap is not None else defaults.hop
     if args.threads and args.backend == "torch":
         import torch
 
@@ -178,7 +184,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     try:
         predictor = Predictor.from_checkpoint(
             args.model, backend=args.backend, device=args.device, threads=args.threads, precision=args.precision,
-            batch_size=args.batch_size, hop=args.hop, overlap=args.overlap, last=args.last,
+            batch_size=args.batch_size or defaults.batch_size, hop=hop, overlap=args.overlap,
+            last=args.last or defaults.last, **window,
             tta_shifts=(-args.tta_shift, args.tta_shift) if args.tta_shift else (), smoothing=args.smoothing,
             num_workers=args.workers, min_duration=args.min_duration)
     except ImportError as err:

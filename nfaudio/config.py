@@ -181,8 +181,10 @@ class CVConfig:
 
 @dataclass
 class PredictConfig:
-    """Sliding-window prediction over long recordings."""
+    """Sliding-window prediction over long recordings; ``nfaudio predict`` takes its defaults from the run's
+    ``config.yaml`` (command-line flags win). ``window: null`` means the training duration."""
 
+    window: float | None = None
     hop: float | None = None
     batch_size: int = 32
     last: str = "pad"

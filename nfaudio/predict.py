@@ -30,18 +30,33 @@ import pandas as pd
 import torch
 
 from nfaudio.audio import AUDIO_EXTENSIONS, AudioError
+from nfaudio.config import ConfigError, PredictConfig, load_config
 from nfaudio.decode import DecodeSpec, iter_decoded
 from nfaudio.export import Scorer, TorchScorer, load_checkpoint
 from nfaudio.models import AudioClassifier
 from nfaudio.outputs import to_submission
 
-__all__ = ["BACKENDS", "FileResult", "Predictor", "find_checkpoints", "list_audio", "read_manifest",
+__all__ = ["BACKENDS", "FileResult", "Predictor", "find_checkpoints", "list_audio", "predict_defaults", "read_manifest",
            "smooth_neighbours", "to_submission"]
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
 MANIFEST_EXTENSIONS = (".csv", ".txt")
+
+
+def predict_defaults(model_path: str | Path) -> PredictConfig:
+    """The ``predict`` section of the run that ``model_path`` belongs to (its ``config.yaml``, or that of the
+    checkpoint's folder); the built-in defaults when there is none or it cannot be read (logged)."""
+    path = Path(model_path)
+    cfg_path = (path if path.is_dir() else path.parent) / "config.yaml"
+    if not cfg_path.is_file():
+        return PredictConfig()
+    try:
+        return load_config(cfg_path).predict
+    except ConfigError as err:
+        log.warning("ignoring the predict settings of %s: %s", cfg_path, err)
+        return PredictConfig()
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -351,3 +351,30 @@ def test_kill_9_then_resume_gives_identical_outputs(ckpt: Path, tmp_path: Path) 
     assert len(snap) == 4 + 2 * 12 + 1
     for name in clean:
         assert snap[name] == clean[name], name
+
+
+def test_predict_takes_defaults_from_the_runs_config_and_flags_win(tmp_path: Path, capsys) -> None:
+    from nfaudio.config import Config, dump_config
+    from nfaudio.predict import predict_defaults
+
+    run = tmp_path / "run"
+    _save_model(run / "best.pt", seed=0)
+    cfg = Config()
+    cfg.predict.hop, cfg.predict.window, cfg.predict.batch_size = 0.25, 0.5, 3
+    dump_config(cfg, run / "config.yaml")
+    assert predict_defaults(run) == cfg.predict
+    assert predict_defaults(run / "best.pt") == cfg.predict
+    assert predict_defaults(tmp_path / "elsewhere.pt").hop is None
+    audio = _write(tmp_path / "audio" / "x.wav", 2.0)
+
+    assert main(["predict", str(run), str(audio), "--out", str(tmp_path / "a"), "--format", "table",
+                 "--no-progress"]) == 0
+    table = pd.read_csv(tmp_path / "a" / "scores.csv")
+    np.testing.assert_allclose(table["start_s"][:3], [0.0, 0.25, 0.5])
+    np.testing.assert_allclose(table["end_s"] - table["start_s"], 0.5)
+
+    assert main(["predict", str(run / "best.pt"), str(audio), "--out", str(tmp_path / "b"), "--format", "table",
+                 "--window", "1.0", "--hop", "1.0", "--no-progress"]) == 0
+    table = pd.read_csv(tmp_path / "b" / "scores.csv")
+    assert list(table["start_s"]) == [0.0, 1.0]
+    capsys.readouterr()
