@@ -239,7 +239,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from nfaudio.models import PretrainedWeightsError
 
     return (_UsageError, ConfigError, ManifestError, AudioError, PretrainedWeightsError, FileNotFoundError,
-            ValueError)
+            FileExistsError, ValueError)
 
 
 def main(argv: list[str] | None = None) -> int:

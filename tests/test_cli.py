@@ -75,3 +75,14 @@ def test_evaluate_scores_a_submission_by_row_id(tmp_path, capsys):
     scores.iloc[:-1].to_csv(tmp_path / "short.csv", index=False)
     assert main(["evaluate", "--metric", "macro_auc", str(tmp_path / "solution.csv"), str(tmp_path / "short.csv")]) == 2
     assert "row" in capsys.readouterr().err
+
+
+def test_demo_into_a_folder_of_other_files_is_a_one_line_error(tmp_path, capsys):
+    data = tmp_path / "demo" / "data"
+    data.mkdir(parents=True)
+    (data / "precious.txt").write_text("not a synthetic dataset")
+    assert main(["demo", "--fast", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "nfaudio demo: error:" in err[0]
+    assert (data / "precious.txt").read_text() == "not a synthetic dataset"
