@@ -19,7 +19,7 @@ import pandas as pd
 from nfaudio.config import Config, from_dict
 from nfaudio.cv import run_cv
 from nfaudio.fileio import write_json
-from nfaudio.metrics import macro_roc_auc, padded_cmap
+from nfaudio.metrics import score_submission
 from nfaudio.outputs import run_prediction
 from nfaudio.predict import Predictor
 from nfaudio.synth import SynthConfig, generate_dataset
@@ -69,17 +69,11 @@ def run_demo(out_dir: str | Path = "runs/demo", seed: int = 0, fast: bool = Fals
                          formats=("submission", "table", "raven"), threshold=0.5, progress=False)
     submission = pd.read_csv(out_dir / "predict" / "submission.csv")
     truth = pd.read_csv(data.soundscape_labels)
-    merged = truth.merge(submission, on="row_id", suffixes=("", "_pred"), validate="one_to_one")
-    if len(merged) != len(truth):
-        raise RuntimeError(f"{len(truth) - len(merged)} soundscape windows have no prediction")
-    classes = list(data.classes)
-    y_true = merged[classes].to_numpy()
-    y_score = merged[[f"{c}_pred" for c in classes]].to_numpy()
-    summary = {
-        "macro_auc": float(macro_roc_auc(y_true, y_score)),
-        "padded_cmap": float(padded_cmap(y_true, y_score)),
-        "n_windows": int(len(merged)),
-        "n_classes": len(classes),
+    summary = {  # score_submission matches rows by row_id and refuses missing or extra windows
+        "macro_auc": score_submission(truth, submission, "macro_auc"),
+        "padded_cmap": score_submission(truth, submission, "padded_cmap"),
+        "n_windows": int(len(truth)),
+        "n_classes": len(data.classes),
         "cv": {"metric": cv_metrics["metric"], "per_fold": cv_metrics["per_fold"],
                "mean": cv_metrics["mean"], "pooled_oof": cv_metrics["pooled_oof"]},
         "predict_realtime_factor": run.realtime_factor,
