@@ -10,6 +10,7 @@ self-describing (:func:`read_onnx_metadata`).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -30,6 +31,7 @@ import nfaudio
 from nfaudio.fileio import atomic_path
 from nfaudio.models import AudioClassifier
 from nfaudio.models import load_checkpoint as read_checkpoint
+from nfaudio.runtime import eval_mode, module_device, resolve_device, same_device
 
 __all__ = ["OPSET", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer", "activate", "export_onnx",
            "load_checkpoint", "load_runtime_scorer", "read_onnx_metadata"]
@@ -93,6 +95,9 @@ def _model_meta(model: AudioClassifier, classes: Sequence[str], duration: float,
 class TorchScorer:
     """Mean probability of PyTorch models (clip logits -> sigmoid/softmax) under ``torch.inference_mode``.
 
+    The models are scored in eval mode and left as they were given (mode, device, weights): a model on another
+    device than ``device`` is scored through a copy on ``device``.
+
     Args:
         models: :class:`~nfaudio.models.AudioClassifier` instances sharing classes and sample rate.
         activation: "sigmoid" (multi-label) or "softmax" (single-label).
@@ -106,28 +111,26 @@ class TorchScorer:
 
     def __init__(self, models: Sequence[nn.Module], activation: str = "sigmoid", device: str = "auto") -> None:
         _check_activation(activation)
-        self.models = list(models)
-        if not self.models:
+        if not models:
             raise ValueError("a scorer needs at least one model")
-        rates = {int(m.frontend.sample_rate) for m in self.models}
+        rates = {int(m.frontend.sample_rate) for m in models}
         if len(rates) != 1:
             raise ValueError(f"ensembled models must share one sample rate, got {sorted(rates)}")
         self.sample_rate = rates.pop()
         self.activation = activation
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        for m in self.models:
-            m.eval().to(self.device)
+        self.device = resolve_device(device)
+        self.models = [m if same_device(module_device(m), self.device) else copy.deepcopy(m).to(self.device)
+                       for m in models]
 
     @torch.inference_mode()
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
         total = None
-        for m in self.models:
-            logits = m(x).clip.float()
-            p = torch.softmax(logits, -1) if self.activation == "softmax" else torch.sigmoid(logits)
-            total = p if total is None else total + p
+        with eval_mode(*self.models):
+            for m in self.models:
+                logits = m(x).clip.float()
+                p = torch.softmax(logits, -1) if self.activation == "softmax" else torch.sigmoid(logits)
+                total = p if total is None else total + p
         return (total / len(self.models)).cpu().numpy()
 
 
@@ -255,6 +258,9 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     ``nfaudio.duration``, ``nfaudio.activation``, ``nfaudio.fmin``/``fmax``, ``nfaudio.frame_seconds``,
     ``nfaudio.model_config``, ``nfaudio.version``.
 
+    The model given is left as it was (mode, device, weights): a copy in eval mode on the CPU is exported and
+    checked.
+
     Args:
         model: a model, or a checkpoint file (its classes, duration and activation are used).
         out: the ``.onnx`` file to write (atomically).
@@ -280,6 +286,8 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
         classes = meta["classes"] if classes is None else classes
         duration = meta["duration"] if duration is None else duration
         activation = activation or meta["activation"]
+    else:
+        model = copy.deepcopy(model)  # the caller's model keeps its mode, device and state
     model = model.eval().cpu()
     classes = list(classes) if classes is not None else [f"class_{i}" for i in range(model.num_classes)]
     meta = _model_meta(model, classes, duration or 5.0, activation)
@@ -291,7 +299,9 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer / exporter-deprecation chatter
         frontend = _fast_frontend(model, example) if fast_frontend else None
-        torch.onnx.export(_Logits(model, frontend), (example,), buf, dynamo=False, opset_version=opset,
+        # The wrapper must be in eval mode too: the exporter restores the wrapper's mode after tracing,
+        # which would switch the wrapped model (SpecAugment, dropout, drop-path) back to training.
+        torch.onnx.export(_Logits(model, frontend).eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=["wave"], output_names=["clip", "frame"], dynamic_axes=axes)
     proto = onnx.load_from_string(buf.getvalue())
     meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),

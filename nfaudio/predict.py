@@ -35,6 +35,7 @@ from nfaudio.decode import DecodeSpec, iter_decoded
 from nfaudio.export import Scorer, TorchScorer, load_checkpoint
 from nfaudio.models import AudioClassifier
 from nfaudio.outputs import to_submission
+from nfaudio.runtime import resolve_device
 
 __all__ = ["BACKENDS", "FileResult", "Predictor", "find_checkpoints", "list_audio", "predict_defaults", "read_manifest",
            "smooth_neighbours", "to_submission"]
@@ -269,7 +270,8 @@ class Predictor:
                 raise ValueError(f"{path}: ONNX models need --backend onnxruntime or openvino")
             loaded = [load_checkpoint(p) for p in paths]
             metas = [m for _, m in loaded]
-            scorer: Scorer = TorchScorer([m for m, _ in loaded], metas[0]["activation"], device)
+            target = resolve_device(device)  # our own copies: moved, not copied, onto the device
+            scorer: Scorer = TorchScorer([m.to(target) for m, _ in loaded], metas[0]["activation"], target)
         else:
             from nfaudio.export import load_runtime_scorer
 

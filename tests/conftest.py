@@ -32,6 +32,34 @@ def tiny_recipe(root, **sections):
     return from_dict(values)
 
 
+def recipe_model(num_classes: int, frontend: dict, seed: int = 0, duration: float = 1.0):
+    """A model the way users get one: built from a recipe with SpecAugment (always on in training), head dropout
+    and drop-path, then trained for one optimizer step. Returned in training mode, as a training loop leaves it."""
+    from nfaudio.losses import ClipFrameLoss
+    from nfaudio.runs import build_model
+    from nfaudio.train import build_optimizer
+
+    frontend = dict(frontend)
+    sample_rate = frontend.pop("sample_rate")
+    cfg = from_dict({
+        "audio": {"sample_rate": sample_rate, "duration": duration},
+        "frontend": frontend,
+        "augment": {"specaug_p": 1.0, "specaug_freq_width": 4, "specaug_time_width": 8},
+        "model": {"name": "nfaudio_tiny", "drop_rate": 0.3, "drop_path_rate": 0.2},
+        "optim": {"name": "adamw", "lr": 1e-2},
+    })
+    torch.manual_seed(seed)
+    model = build_model(cfg, num_classes)
+    optimizer = build_optimizer(model, cfg)
+    wave = torch.randn(4, int(round(sample_rate * duration))) * 0.1
+    target = (torch.rand(4, num_classes) > 0.5).float()
+    out = model(wave)
+    ClipFrameLoss()(out.clip, out.frame, target).backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return model
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op thread for the module: the CPU is shared with decode workers, and results stay reproducible."""

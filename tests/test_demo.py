@@ -25,3 +25,6 @@ def test_demo_fast_runs_end_to_end(tmp_path, capsys):
     assert (out / "predict" / "raven_selections.txt").is_file()
     assert (out / "cv" / "metrics.json").is_file()
     assert (out / "cv" / "oof.csv").is_file()
+    # the demo's models are trained with SpecAugment: every fold exports and passes the onnxruntime parity check
+    assert main(["--quiet", "export", str(out / "cv"), "--out", str(tmp_path / "onnx")]) == 0
+    assert sorted(p.name for p in (tmp_path / "onnx").iterdir()) == ["fold0.onnx", "fold1.onnx"]

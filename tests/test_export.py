@@ -10,11 +10,12 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import recipe_model
 
 from nfaudio.cli import main
 from nfaudio.export import _MatmulLogMel, activate, export_onnx, load_checkpoint, read_onnx_metadata
 from nfaudio.frontend import LogMel
-from nfaudio.models import create_model, save_model
+from nfaudio.models import save_model
 from nfaudio.predict import Predictor
 
 onnx = pytest.importorskip("onnx")
@@ -32,8 +33,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def cv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("cv")
     for k in (0, 1):
-        torch.manual_seed(k)
-        model = create_model("nfaudio_tiny", len(CLASSES), frontend=FRONTEND)
+        model = recipe_model(len(CLASSES), FRONTEND, seed=k)  # SpecAugment, dropout, drop-path; one step trained
         save_model(model, root / f"fold{k}" / "best.pt", classes=CLASSES, duration=1.0, activation="sigmoid")
     return root
 
@@ -76,6 +76,29 @@ def test_export_matches_torch_with_dynamic_batch(ckpt: Path, exported: Path) -> 
         assert frame.shape == tuple(ref.frame.shape)
         assert np.abs(clip - ref.clip.numpy()).max() <= 1e-4
         assert np.abs(frame - ref.frame.numpy()).max() <= 1e-4
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_export_leaves_the_callers_model_as_it_found_it(training: bool, tmp_path: Path) -> None:
+    # the regression: a recipe-built model (SpecAugment p=1, dropout, drop-path) handed over in either mode
+    model = recipe_model(len(CLASSES), FRONTEND, seed=7).train(training)
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = _state(model)
+    out = export_onnx(model, tmp_path / "m.onnx", classes=CLASSES, duration=1.0)  # check=True: parity <= 1e-4
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the parity check compared against the eval-mode model: the file scores like model.eval()
+    wave = torch.randn(2, SR, generator=torch.Generator().manual_seed(3)) * 0.2
+    with torch.inference_mode():
+        ref = model.eval()(wave)
+    clip, _ = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"wave": wave.numpy()})
+    assert np.abs(clip - ref.clip.numpy()).max() <= 1e-4
 
 
 def test_metadata_makes_the_file_self_describing(ckpt: Path, exported: Path, tmp_path: Path) -> None:

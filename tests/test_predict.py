@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import recipe_model
 
 from nfaudio.audio import load, window_starts
 from nfaudio.cli import main
-from nfaudio.models import create_model, load_model, save_model
+from nfaudio.models import load_model, save_model
 from nfaudio.outputs import RAVEN_COLUMNS, Journal, RunConflictError, run_prediction, to_detections, to_submission
 from nfaudio.predict import Predictor, find_checkpoints, list_audio, smooth_neighbours
 
@@ -33,8 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _save_model(path: Path, seed: int) -> Path:
-    torch.manual_seed(seed)
-    model = create_model("nfaudio_tiny", len(CLASSES), frontend=FRONTEND)
+    model = recipe_model(len(CLASSES), FRONTEND, seed=seed)  # SpecAugment, dropout, drop-path; one step trained
     return save_model(model, path, classes=CLASSES, duration=1.0, activation="sigmoid")
 
 
@@ -126,6 +126,24 @@ def test_workers_give_same_scores_in_input_order(ckpt: Path, audio_dir: Path) ->
     files = list(dict.fromkeys(inline.index.get_level_values("file")))
     assert files == [str(f) for f in list_audio([audio_dir])]
     assert (inline.groupby(level="file", sort=False).size().to_numpy() == [4, 2, 3]).all()
+
+
+def test_predictor_leaves_the_callers_model_as_it_found_it(ckpt: Path, audio_dir: Path) -> None:
+    model = recipe_model(len(CLASSES), FRONTEND, seed=4)  # training mode, SpecAugment p=1, dropout, drop-path
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    predictor = Predictor(model, CLASSES, window=1.0, num_workers=0, device="cpu")
+    first = predictor.predict([audio_dir / "rec_a.wav"])
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    # scored in eval mode (no random masks or dropout): repeatable, and equal to the eval-mode model
+    np.testing.assert_array_equal(predictor.predict([audio_dir / "rec_a.wav"]).to_numpy(), first.to_numpy())
+    y, _ = load(audio_dir / "rec_a.wav", SR)
+    padded = np.pad(y, (0, SR))
+    windows = np.stack([padded[s:s + SR] for s in window_starts(len(y), SR, SR, "pad")])
+    with torch.inference_mode():
+        ref = torch.sigmoid(model.eval()(torch.from_numpy(windows)).clip).numpy()
+    np.testing.assert_allclose(first.to_numpy(), ref, atol=1e-6)
 
 
 def test_ensemble_is_mean_of_members(cv_dir: Path, audio_dir: Path) -> None:
