@@ -17,38 +17,11 @@ import torch
 from torch import nn
 
 from nfaudio.models.pretrained import PretrainedWeightsError, create_pretrained_timm, load_backbone_weights
-from nfaudio.models.registry import ModelConfig
+from nfaudio.models.registry import LOCAL_BACKBONES, ModelConfig
 
-__all__ = ["LOCAL_BACKBONES", "Backbone", "build_backbone", "create_timm_backbone"]
+__all__ = ["Backbone", "build_backbone", "create_timm_backbone"]
 
 log = logging.getLogger(__name__)
-
-
-def _tiny_nfnet_cfg() -> Any:
-    from timm.models.nfnet import NfCfg
-
-    # NF-ResNet-style: one bottleneck block per stage, 16-64 channels, 3x3 conv + max-pool stem,
-    # ECA attention with the NF gain, SiLU with the NF gamma; overall reduction 32.
-    return NfCfg(depths=(1, 1, 1, 1), channels=(16, 32, 48, 64), stem_type="3x3_pool", stem_chs=16,
-                 group_size=8, bottle_ratio=0.25, attn_layer="eca", attn_kwargs={}, act_layer="silu")
-
-
-def _small_nfnet_cfg() -> Any:
-    from timm.models.nfnet import NfCfg
-
-    # The tiny net widened and deepened (32-256 channels, 1-1-2-1 blocks, ~0.15M parameters): a CPU-trainable
-    # NFNet for small real datasets and the demo.
-    return NfCfg(depths=(1, 1, 2, 1), channels=(32, 64, 128, 256), stem_type="3x3_pool", stem_chs=32,
-                 group_size=8, bottle_ratio=0.5, attn_layer="eca", attn_kwargs={}, act_layer="silu")
-
-
-_LOCAL_META = dict(first_conv="stem.conv", classifier="head.fc", num_classes=1000, input_size=(3, 224, 224))
-
-# nfaudio-defined NormFreeNet backbones: name -> (NfCfg factory, timm-style metadata).
-LOCAL_BACKBONES: dict[str, tuple[Any, dict[str, Any]]] = {
-    "tiny_nfnet": (_tiny_nfnet_cfg, _LOCAL_META),
-    "small_nfnet": (_small_nfnet_cfg, _LOCAL_META),
-}
 
 
 def create_timm_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:

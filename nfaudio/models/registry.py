@@ -1,4 +1,5 @@
-"""Model variants as data: the :class:`ModelConfig` dataclass and the table of named variants.
+"""Model variants as data: the :class:`ModelConfig` dataclass, the table of named variants, and the table
+of nfaudio's own NormFreeNet backbones (:data:`LOCAL_BACKBONES`, built by :mod:`nfaudio.models.backbone`).
 
 A variant is one row: a name and the :class:`ModelConfig` fields it sets. The table holds every
 NFNet-family model of timm (``timm.list_models(module="nfnet")``: NFNet-F, ECA-NFNet-L, NF-ResNet,
@@ -16,13 +17,42 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["HEADS", "POOLINGS", "ModelConfig", "NFAUDIO_VARIANTS", "list_models", "resolve_config"]
+__all__ = [
+    "HEADS", "LOCAL_BACKBONES", "NFAUDIO_VARIANTS", "POOLINGS", "ModelConfig", "list_models", "resolve_config",
+]
 
 HEADS = ("sed", "pooled")
 POOLINGS = ("avg", "max", "avgmax", "gem")
 
 # Dict-valued fields: a variant's value is updated (not replaced) by a create_model override.
 _MERGED_FIELDS = ("frontend", "spec_augment", "backbone_kwargs")
+
+
+def _tiny_nfnet_cfg() -> Any:
+    from timm.models.nfnet import NfCfg
+
+    # NF-ResNet-style: one bottleneck block per stage, 16-64 channels, 3x3 conv + max-pool stem,
+    # ECA attention with the NF gain, SiLU with the NF gamma; overall reduction 32.
+    return NfCfg(depths=(1, 1, 1, 1), channels=(16, 32, 48, 64), stem_type="3x3_pool", stem_chs=16,
+                 group_size=8, bottle_ratio=0.25, attn_layer="eca", attn_kwargs={}, act_layer="silu")
+
+
+def _small_nfnet_cfg() -> Any:
+    from timm.models.nfnet import NfCfg
+
+    # The tiny net widened and deepened (32-256 channels, 1-1-2-1 blocks, ~0.15M parameters): a CPU-trainable
+    # NFNet for small real datasets and the demo.
+    return NfCfg(depths=(1, 1, 2, 1), channels=(32, 64, 128, 256), stem_type="3x3_pool", stem_chs=32,
+                 group_size=8, bottle_ratio=0.5, attn_layer="eca", attn_kwargs={}, act_layer="silu")
+
+
+_LOCAL_META = dict(first_conv="stem.conv", classifier="head.fc", num_classes=1000, input_size=(3, 224, 224))
+
+# nfaudio-defined NormFreeNet backbones: name -> (NfCfg factory, timm-style metadata).
+LOCAL_BACKBONES: dict[str, tuple[Any, dict[str, Any]]] = {
+    "tiny_nfnet": (_tiny_nfnet_cfg, _LOCAL_META),
+    "small_nfnet": (_small_nfnet_cfg, _LOCAL_META),
+}
 
 # nfaudio's own rows. Keys are ModelConfig fields (all but name and num_classes).
 NFAUDIO_VARIANTS: dict[str, dict[str, Any]] = {
@@ -154,8 +184,6 @@ def list_models(pattern: str = "*") -> list[str]:
 
 def _is_backbone(name: str) -> bool:
     import timm
-
-    from nfaudio.models.backbone import LOCAL_BACKBONES
 
     return name in LOCAL_BACKBONES or timm.is_model(name)
 
