@@ -16,7 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from nfaudio.models.pretrained import PretrainedWeightsError, create_pretrained_timm, load_backbone_weights
+from nfaudio.models.pretrained import (
+    PretrainedWeightsError,
+    create_pretrained_timm,
+    first_conv_names,
+    load_backbone_weights,
+)
 from nfaudio.models.registry import LOCAL_BACKBONES, ModelConfig
 
 __all__ = ["Backbone", "build_backbone", "create_timm_backbone"]
@@ -53,17 +58,12 @@ def create_timm_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> 
 
 
 def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
-    """The stem conv: timm's ``first_conv`` metadata, else the first ``Conv2d`` in module order."""
-    from timm.models._input import get_model_traits
-
-    pcfg = getattr(model, "pretrained_cfg", None) or {}
-    names = get_model_traits(model).get("first_conv", pcfg.get("first_conv"))
-    if isinstance(names, (tuple, list)):
-        names = names[0] if names else None
-    if names:
-        module = model.get_submodule(names)
+    """The stem conv: the first of :func:`first_conv_names`, else the first ``Conv2d`` in module order."""
+    names = first_conv_names(model)
+    if names and names[0]:
+        module = model.get_submodule(names[0])
         if isinstance(module, nn.Conv2d):
-            return names, module
+            return names[0], module
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d):
             return name, module

@@ -25,7 +25,9 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-__all__ = ["PretrainedWeightsError", "create_pretrained_timm", "load_backbone_weights", "read_state_dict"]
+__all__ = [
+    "PretrainedWeightsError", "create_pretrained_timm", "first_conv_names", "load_backbone_weights", "read_state_dict",
+]
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,11 @@ def _names(value: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     return (value,) if isinstance(value, str) else tuple(value)
 
 
-def _first_conv_names(model: nn.Module) -> tuple[str, ...]:
+def first_conv_names(model: nn.Module) -> tuple[str, ...]:
+    """Module names of a timm model's first conv(s) from its metadata; ``()`` when it has none.
+
+    Reads timm's ``get_model_traits(model)["first_conv"]``, else ``model.pretrained_cfg["first_conv"]``.
+    """
     from timm.models._input import get_model_traits
 
     pcfg = getattr(model, "pretrained_cfg", None) or {}
@@ -226,7 +232,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike, use_ema: bo
     pcfg = getattr(model, "pretrained_cfg", None) or {}
     base_chans = (pcfg.get("input_size") or (3,))[0]
     adapted = []
-    for conv in _first_conv_names(model):
+    for conv in first_conv_names(model):
         key = conv + ".weight"
         if key in state and key in target and state[key].shape != target[key].shape:
             in_chans = target[key].shape[1] * model.get_submodule(conv).groups
