@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from nfaudio.config import MIXUP_RULES, NOISE_COLORS
+
 __all__ = [
     "AddNoise", "BackgroundNoise", "Compose", "Gain", "Mixup", "OneOf", "TimeShift", "Transform",
     "colored_noise", "mix_at_snr", "mix_labels",
@@ -30,7 +32,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_RULES = ("weighted", "max")
 
 
 def _as_rng(rng: np.random.Generator | int) -> np.random.Generator:
@@ -84,7 +85,7 @@ def colored_noise(n: int, rng: np.random.Generator, color: str = "white") -> np.
     if color == "white":
         return white
     if color != "pink":
-        raise ValueError(f"color must be 'white' or 'pink', got {color!r}")
+        raise ValueError(f"color must be one of {NOISE_COLORS}, got {color!r}")
     spec = np.fft.rfft(white)
     freqs = np.arange(spec.shape[0], dtype=np.float64)
     scale = np.zeros_like(freqs)
@@ -176,8 +177,8 @@ class AddNoise(Transform):
                  p: float = 1.0) -> None:
         super().__init__(p)
         _check_range(min_snr_db, max_snr_db, "snr_db")
-        if color not in ("white", "pink"):
-            raise ValueError(f"color must be 'white' or 'pink', got {color!r}")
+        if color not in NOISE_COLORS:
+            raise ValueError(f"color must be one of {NOISE_COLORS}, got {color!r}")
         self.min_snr_db, self.max_snr_db, self.color = float(min_snr_db), float(max_snr_db), color
 
     def apply(self, y: np.ndarray, sr: int, rng: np.random.Generator) -> np.ndarray:
@@ -312,7 +313,7 @@ def mix_labels(t1, t2, lam, rule: str = "weighted"):
         return lam * t1 + (1 - lam) * t2
     if rule == "max":
         return torch.maximum(t1, t2) if isinstance(t1, torch.Tensor) else np.maximum(t1, t2)
-    raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
+    raise ValueError(f"rule must be one of {MIXUP_RULES}, got {rule!r}")
 
 
 class Mixup(nn.Module):
@@ -334,8 +335,8 @@ class Mixup(nn.Module):
         super().__init__()
         if alpha <= 0:
             raise ValueError(f"alpha must be > 0, got {alpha}")
-        if rule not in _RULES:
-            raise ValueError(f"rule must be one of {_RULES}, got {rule!r}")
+        if rule not in MIXUP_RULES:
+            raise ValueError(f"rule must be one of {MIXUP_RULES}, got {rule!r}")
         self.alpha, self.p, self.rule = float(alpha), _check_p(p), rule
 
     def forward(

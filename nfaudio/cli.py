@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from nfaudio import __version__
+from nfaudio.config import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS, PredictConfig
 
 log = logging.getLogger("nfaudio")
 
@@ -44,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="also train a final model on all rows")
 
     p = sub.add_parser("evaluate", help="score a competition-format submission CSV against a solution CSV")
-    p.add_argument("--metric", "-m", required=True, help="padded_cmap, macro_auc, map, accuracy")
+    p.add_argument("--metric", "-m", required=True, choices=METRIC_NAMES)
     p.add_argument("solution", type=Path)
     p.add_argument("submission", type=Path)
     p.add_argument("--id-column", default="row_id")
@@ -55,34 +56,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a much smaller run (smoke test, not the target)")
 
     p = sub.add_parser("predict", help="score recordings with a checkpoint, a run or a CV run (fold ensemble)",
-                       description="Score every window of every recording; re-run the same command to resume.")
+                       description="Score every window of every recording; re-run the same command to resume. "
+                                   "Every option defaults to the run's predict section (recipes/README.md), "
+                                   "then to the value shown.")
     p.add_argument("model", type=Path, help="checkpoint (.pt/.onnx), run dir (best.pt), CV dir (fold*/best.pt)")
     p.add_argument("inputs", nargs="+", type=Path, help="audio files, folders (recursive) or manifests (.csv/.txt)")
     p.add_argument("--out", "-o", type=Path, required=True, help="output directory")
-    p.add_argument("--format", "-f", dest="formats", type=_str_list, default=["submission", "table"],
-                   help="comma-separated: submission, table, detections, raven, audacity (default submission,table)")
-    p.add_argument("--table-format", choices=("csv", "parquet"), default="csv", help="wide table file type")
-    p.add_argument("--threshold", type=float, default=0.5, help="minimum score of a detection (default 0.5)")
+    p.add_argument("--format", "-f", dest="formats", type=_str_list, default=None,
+                   help=f"comma-separated: {', '.join(FORMATS)} (default submission,table)")
+    p.add_argument("--table-format", choices=TABLE_FORMATS, default=None, help="wide table file type (csv)")
+    p.add_argument("--threshold", type=float, default=None, help="minimum score of a detection (0.5)")
     p.add_argument("--top-k", type=int, default=None, help="at most K detections per window")
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"), default="torch")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="torch (default), onnxruntime, openvino")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="openvino only: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX, scores approximate")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    p.add_argument("--window", type=float, default=None,
-                   help="window seconds (default: the run's predict.window, else the training duration)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="windows per forward pass (default: the run's predict.batch_size, 32)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
+    p.add_argument("--window", type=float, default=None, help="window seconds (default: the training duration)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (32)")
     hop = p.add_mutually_exclusive_group()
     hop.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: window)")
     hop.add_argument("--overlap", type=float, default=None, help="seconds shared by consecutive windows")
-    p.add_argument("--last", choices=("pad", "drop", "shift"), default=None,
-                   help="last window: zero-pad a partial one, drop it, or shift it back to end at the file end")
-    p.add_argument("--tta-shift", type=float, default=0.0, metavar="S",
+    p.add_argument("--last", choices=LAST_POLICIES, default=None,
+                   help="last window: zero-pad a partial one (pad), drop it, or shift it back to end at the file end")
+    p.add_argument("--tta-shift", type=float, default=None, metavar="S",
                    help="time-shift TTA: average each window with the windows shifted by -S and +S seconds")
-    p.add_argument("--smoothing", type=float, default=0.0, help="neighbour-smoothing weight in [0, 0.5]")
-    p.add_argument("--workers", type=int, default=1, help="decode processes (0: decode in the main process)")
-    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the backend's choice)")
-    p.add_argument("--min-duration", type=float, default=0.5, help="shorter files are listed in errors.csv")
+    p.add_argument("--smoothing", type=float, default=None, help="neighbour-smoothing weight in [0, 0.5] (0)")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (1; 0: decode in the main process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads (default: usable cores minus decode workers, at least 1)")
+    p.add_argument("--min-duration", type=float, default=None, help="shorter files go to errors.csv (0.5 s)")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -112,7 +114,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise _UsageError("train needs --recipe RECIPE.yaml")
     cfg = load_config(args.recipe, args.overrides)
     result = train_from_config(cfg, args.out, resume=args.resume)
-    print(f"best {cfg.train.metric} {result.best_score:.4f} at epoch {result.best_epoch}; run in {args.out}")
+    if result.best_score is None:
+        print(f"trained {result.best_epoch} epochs without validation; run in {args.out}")
+    else:
+        print(f"best {cfg.train.metric} {result.best_score:.4f} at epoch {result.best_epoch}; run in {args.out}")
     return 0
 
 
@@ -171,27 +176,33 @@ def _str_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+# Flags of `nfaudio predict` that are not keys of the recipe's predict section.
+PREDICT_RUN_FLAGS = ("model", "inputs", "out", "overwrite", "no_progress")
+
+
+def predict_settings(args: argparse.Namespace) -> PredictConfig:
+    """The run's ``predict`` section with the flags given on the command line applied (flags win; ``--hop`` or
+    ``--overlap`` replaces both of the run's)."""
+    import dataclasses
+
+    from nfaudio.rundir import run_of
+
+    settings = run_of(args.model).predict_defaults()
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if getattr(args, f.name) is not None}
+    if "hop" in given or "overlap" in given:
+        given = {"hop": None, "overlap": None, **given}
+    return dataclasses.replace(settings, **given)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from nfaudio.predict import Predictor, predict_defaults
+    from nfaudio.predict import Predictor, output_options, predictor_options
 
-    defaults = predict_defaults(args.model)
-    window = {"window": w} if (w := args.window or defaults.window) else {}
-    hop = args.hop if args.hop is not None or args.overlap is not None else defaults.hop
-    if args.threads and args.backend == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
+    settings = predict_settings(args)
     try:
-        predictor = Predictor.from_checkpoint(
-            args.model, backend=args.backend, device=args.device, threads=args.threads, precision=args.precision,
-            batch_size=args.batch_size or defaults.batch_size, hop=hop, overlap=args.overlap,
-            last=args.last or defaults.last, **window,
-            tta_shifts=(-args.tta_shift, args.tta_shift) if args.tta_shift else (), smoothing=args.smoothing,
-            num_workers=args.workers, min_duration=args.min_duration)
+        predictor = Predictor.from_checkpoint(args.model, **predictor_options(settings))
     except ImportError as err:
         raise _UsageError(str(err)) from err
-    summary = predictor.predict_to_dir(args.inputs, args.out, formats=args.formats, table_format=args.table_format,
-                                       threshold=args.threshold, top_k=args.top_k, overwrite=args.overwrite,
+    summary = predictor.predict_to_dir(args.inputs, args.out, **output_options(settings), overwrite=args.overwrite,
                                        progress=False if args.no_progress else None)
     print(summary)
     return 1 if summary.n_failed else 0
@@ -199,13 +210,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from nfaudio.export import export_onnx
-    from nfaudio.predict import find_checkpoints
+    from nfaudio.rundir import RunDir, find_checkpoints
 
     paths = find_checkpoints(args.model)
     if len(paths) == 1 and args.out.suffix == ".onnx":
         outs = [(paths[0], args.out)]
     else:
-        outs = [(p, args.out / f"{p.parent.name if p.name == 'best.pt' else p.stem}.onnx") for p in paths]
+        outs = [(p, args.out / f"{p.parent.name if p.name == RunDir.BEST else p.stem}.onnx") for p in paths]
     try:
         for src, dst in outs:
             export_onnx(src, dst, opset=args.opset, check=not args.no_check)
@@ -235,7 +246,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input rather than a bug (imported lazily: nothing at import time)."""
     from nfaudio.audio import AudioError
     from nfaudio.config import ConfigError
-    from nfaudio.data import ManifestError
+    from nfaudio.manifest import ManifestError
     from nfaudio.models import PretrainedWeightsError
 
     return (_UsageError, ConfigError, ManifestError, AudioError, PretrainedWeightsError, FileNotFoundError,

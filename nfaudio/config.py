@@ -24,6 +24,38 @@ class ConfigError(ValueError):
     """A recipe or override that does not fit the config tree."""
 
 
+# The valid values of every choice key: the one source of truth, imported by the modules that implement them,
+# checked when a config is built (so a typo fails before any data is read).
+DATA_KINDS = ("auto", "birdclef", "folder", "csv")
+CROPS = ("random", "start", "center")
+NORMALIZE = ("none", "per_clip", "fixed")
+NOISE_COLORS = ("white", "pink")
+MIXUP_RULES = ("weighted", "max")
+HEADS = ("sed", "pooled")
+POOLINGS = ("avg", "max", "avgmax", "gem")
+LOSSES = ("bce", "focal", "ce")
+OPTIMIZERS = ("sgd", "adamw")
+SELECT = ("best", "last")
+METRIC_NAMES = ("padded_cmap", "macro_auc", "map", "accuracy", "row_wise_micro_f1")
+FOLD_STRATEGIES = ("stratified", "group", "logo", "predefined")
+LAST_POLICIES = ("pad", "drop", "shift")
+BACKENDS = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "bf16")
+FORMATS = ("submission", "table", "detections", "raven", "audacity")
+TABLE_FORMATS = ("csv", "parquet")
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.kind": DATA_KINDS, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,
+    "augment.noise_color": NOISE_COLORS, "augment.mixup_rule": MIXUP_RULES, "model.head": HEADS,
+    "model.pooling": POOLINGS, "loss.name": LOSSES, "optim.name": OPTIMIZERS, "train.select": SELECT,
+    "train.metric": METRIC_NAMES, "cv.strategy": FOLD_STRATEGIES, "predict.last": LAST_POLICIES,
+    "predict.backend": BACKENDS, "predict.precision": PRECISIONS, "predict.formats": FORMATS,
+    "predict.table_format": TABLE_FORMATS,
+}
+# Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
+PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files")
+
+
 @dataclass
 class DataConfig:
     """Where the recordings are and how they are read.
@@ -96,16 +128,18 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfigSection:
-    """Which network: a name from ``nfaudio list-models`` (or any timm backbone) and its head."""
+    """Which network: a name from ``nfaudio list-models`` (or any timm backbone) and its head. ``null`` keeps the
+    model variant's own value (the registry row); for a plain timm name that is avg pooling, no dropout, no
+    drop-path, the backbone's stem stride and contiguous memory."""
 
     name: str = "eca_nfnet_l0"
     head: str = "sed"
-    pooling: str = "avg"
+    pooling: str | None = None
     pretrained: bool | str = False
-    drop_path_rate: float = 0.0
-    drop_rate: float = 0.0
+    drop_path_rate: float | None = None
+    drop_rate: float | None = None
     stem_stride: int | None = None
-    channels_last: bool = False
+    channels_last: bool | None = None
 
 
 @dataclass
@@ -167,6 +201,7 @@ class TrainConfig:
     tensorboard: bool = False
     wandb: bool = False
     progress: bool = True
+    threads: int | None = None
 
 
 @dataclass
@@ -181,13 +216,28 @@ class CVConfig:
 
 @dataclass
 class PredictConfig:
-    """Sliding-window prediction over long recordings; ``nfaudio predict`` takes its defaults from the run's
-    ``config.yaml`` (command-line flags win). ``window: null`` means the training duration."""
+    """Sliding-window prediction over long recordings: every option of ``nfaudio predict`` (flag ``--top-k`` is key
+    ``top_k``), whose defaults come from the run's ``config.yaml`` (command-line flags win). ``window: null`` means
+    the training duration, ``hop: null`` the window (or ``window - overlap``), ``threads: null`` the thread
+    policy's default (:func:`nfaudio.runtime.intra_op_threads`)."""
 
     window: float | None = None
     hop: float | None = None
+    overlap: float | None = None
     batch_size: int = 32
     last: str = "pad"
+    tta_shift: float = 0.0
+    smoothing: float = 0.0
+    backend: str = "torch"
+    precision: str = "fp32"
+    device: str = "auto"
+    threads: int | None = None
+    workers: int = 1
+    min_duration: float = 0.5
+    formats: list[str] = field(default_factory=lambda: ["submission", "table"])
+    table_format: str = "csv"
+    threshold: float = 0.5
+    top_k: int | None = None
 
 
 @dataclass
@@ -209,6 +259,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists), suitable for YAML."""
         return _plain(dataclasses.asdict(self))
+
+    @property
+    def activation(self) -> str:
+        """The output activation the loss implies: "softmax" for ``ce`` (single-label), else "sigmoid"."""
+        return "softmax" if self.loss.name == "ce" else "sigmoid"
 
 
 def _plain(value: Any) -> Any:
@@ -290,12 +345,33 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
 
 
 def from_dict(values: dict[str, Any] | None) -> Config:
-    """Build a :class:`Config` from a nested dict, rejecting unknown keys.
+    """Build a :class:`Config` from a nested dict, rejecting unknown keys and invalid choices.
 
     Raises:
-        ConfigError: unknown key (named, with its closest match) or a value of the wrong type.
+        ConfigError: unknown key (named, with its closest match), a value of the wrong type, or a choice key
+            (:data:`CHOICES`) whose value is not one of its valid values (named, with the closest one).
     """
-    return _build(Config, values or {}, "")
+    cfg = _build(Config, values or {}, "")
+    check_choices(cfg)
+    return cfg
+
+
+def check_choices(cfg: Config) -> None:
+    """Check every choice key of :data:`CHOICES` (list values item by item).
+
+    Raises:
+        ConfigError: naming the key, the value, the closest valid value and all valid values.
+    """
+    for key, valid in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value is None:  # an optional key left unset (e.g. model.pooling: the variant's own)
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if item not in valid:
+                close = difflib.get_close_matches(str(item), valid, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ConfigError(f"'{key}' cannot be {item!r}; {hint}valid values: {', '.join(valid)}")
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -350,14 +426,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def _resolve_paths(values: dict[str, Any], base: Path) -> None:
-    """Recipe-relative data paths (``./...``) are resolved against the recipe's folder."""
-    data = values.get("data")
-    if not isinstance(data, dict):
-        return
-    for key in ("root", "manifest"):
-        value = data.get(key)
+    """Recipe-relative paths (``./...``, ``../...``) in the :data:`PATH_KEYS` are resolved against ``base``."""
+
+    def resolve(value: Any) -> Any:
         if isinstance(value, str) and value.startswith(("./", "../")):
-            data[key] = str((base / value).resolve())
+            return str((base / value).resolve())
+        return value
+
+    for key in PATH_KEYS:
+        section_name, name = key.split(".")
+        section = values.get(section_name)
+        if isinstance(section, dict) and name in section:
+            value = section[name]
+            section[name] = [resolve(v) for v in value] if isinstance(value, list) else resolve(value)
 
 
 def dump_config(cfg: Config, path: str | Path) -> None:

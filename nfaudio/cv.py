@@ -19,42 +19,22 @@ import pandas as pd
 from torch.utils.data import DataLoader
 
 from nfaudio.config import Config
-from nfaudio.data import AudioDataset, Manifest, encode_targets
-from nfaudio.fileio import write_csv, write_json
-from nfaudio.folds import assign_folds
-from nfaudio.losses import ClipFrameLoss
+from nfaudio.data import AudioDataset, Manifest, encode_targets, load_data
+from nfaudio.fileio import write_csv
+from nfaudio.folds import run_folds
 from nfaudio.metrics import accuracy, get_metric
-from nfaudio.models import load_model
-from nfaudio.runs import load_data, write_run_info
-from nfaudio.train import evaluate, fit, resolve_device
+from nfaudio.rundir import RunDir
+from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
+from nfaudio.train import ClipFrameLoss, check_model, evaluate, fit
+
+__all__ = ["cv_metrics", "predict_oof", "run_cv"]
 
 log = logging.getLogger(__name__)
 
 
-def load_or_assign_folds(cfg: Config, manifest: Manifest, out_dir: Path) -> np.ndarray:
-    """Fold per row: from ``out_dir/folds.csv`` when resuming (matched by row id), else assigned and
-    written there.
-
-    Raises:
-        ValueError: an existing ``folds.csv`` does not cover the manifest's row ids.
-    """
-    path = out_dir / "folds.csv"
-    if path.exists():
-        table = pd.read_csv(path, dtype={"row_id": str}).set_index("row_id")["fold"]
-        missing = set(manifest.df["row_id"]) - set(table.index)
-        if missing:
-            raise ValueError(f"{path} lacks {len(missing)} row ids of the manifest (e.g. {sorted(missing)[:3]}); "
-                             "use a new --out directory")
-        return table.loc[manifest.df["row_id"]].to_numpy().astype(int)
-    c = cfg.cv
-    folds = assign_folds(manifest, c.n_folds, c.strategy, c.group_column, cfg.train.seed)
-    write_csv(manifest.df[["row_id", "primary_label"]].assign(fold=folds), path)
-    return folds
-
-
-def predict_oof(cfg: Config, fold_dir: Path, val_set: Manifest) -> pd.DataFrame:
+def predict_oof(cfg: Config, fold: RunDir, val_set: Manifest) -> pd.DataFrame:
     """Probabilities of the fold's best model on its validation rows, keyed by ``row_id``."""
-    model = load_model(fold_dir / "best.pt")
+    model, _ = fold.load_model()
     device = resolve_device(cfg.train.device)
     model.to(device)
     ds = AudioDataset(val_set, sample_rate=cfg.audio.sample_rate, duration=cfg.audio.duration, train=False,
@@ -62,7 +42,7 @@ def predict_oof(cfg: Config, fold_dir: Path, val_set: Manifest) -> pd.DataFrame:
     loader = DataLoader(ds, batch_size=cfg.train.eval_batch_size or cfg.train.batch_size,
                         num_workers=cfg.data.num_workers)
     loss_fn = ClipFrameLoss(cfg.loss.name, cfg.loss.frame_weight)
-    _, probs, ids = evaluate(model, loader, loss_fn, device, single_label=cfg.loss.name == "ce")
+    _, probs, ids = evaluate(model, loader, loss_fn, device, cfg.activation)
     out = pd.DataFrame(probs, columns=list(val_set.classes))
     out.insert(0, "row_id", ids)
     return out
@@ -76,7 +56,7 @@ def cv_metrics(cfg: Config, manifest: Manifest, oof: pd.DataFrame) -> dict[str, 
                          columns=classes)
     truth.insert(0, "row_id", manifest.df["row_id"].to_numpy())
     merged = oof.merge(truth, on="row_id", suffixes=("", "_true"), validate="one_to_one")
-    single = cfg.loss.name == "ce"
+    single = cfg.activation == "softmax"
 
     def score(frame: pd.DataFrame) -> dict[str, float]:
         y_true = frame[[f"{c}_true" for c in classes]].to_numpy()
@@ -111,37 +91,40 @@ def run_cv(cfg: Config, out_dir: str | Path, folds: list[int] | None = None, ful
     Returns:
         The ``metrics.json`` content.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_model(cfg)
+    with torch_threads(intra_op_threads(cfg.train.threads, workers=cfg.data.num_workers)):
+        return _run_cv(cfg, RunDir(out_dir).create(), folds, full)
+
+
+def _run_cv(cfg: Config, run: RunDir, folds: list[int] | None, full: bool) -> dict[str, Any]:
     manifest = load_data(cfg)
-    fold_of_row = load_or_assign_folds(cfg, manifest, out_dir)
-    write_run_info(out_dir, cfg, extra={"seed": cfg.train.seed, "classes": list(manifest.classes)})
+    fold_of_row = run_folds(cfg, manifest, run)
+    run.write_info(cfg, seed=cfg.train.seed, classes=list(manifest.classes))
     available = sorted(int(k) for k in np.unique(fold_of_row))
     selected = folds if folds is not None else (cfg.cv.folds if cfg.cv.folds is not None else available)
     unknown = sorted(set(selected) - set(available))
     if unknown:
-        raise ValueError(f"folds {unknown} do not exist; folds.csv has {available}")
+        raise ValueError(f"folds {unknown} do not exist; {run.file(RunDir.FOLDS)} has {available}")
     oof_parts = []
     for k in selected:
-        fold_dir = out_dir / f"fold{k}"
-        done, oof_path = fold_dir / "done.json", fold_dir / "oof.csv"
+        fold = run.fold(k)
         train_set, val_set = manifest.subset(fold_of_row != k), manifest.subset(fold_of_row == k)
-        if done.exists() and oof_path.exists():
+        if fold.is_done():
             log.info("fold %d already finished: kept", k)
         else:
             log.info("fold %d: %d train / %d validation rows", k, len(train_set), len(val_set))
-            result = fit(cfg, train_set, val_set, fold_dir, resume=True, seed=cfg.train.seed + k)
-            part = predict_oof(cfg, fold_dir, val_set)
+            result = fit(cfg, train_set, val_set, fold.path, resume=True, seed=cfg.train.seed + k)
+            part = predict_oof(cfg, fold, val_set)
             part.insert(1, "fold", k)
-            write_csv(part, oof_path)
-            write_json(done, {"best_score": result.best_score, "best_epoch": result.best_epoch})
-        oof_parts.append(pd.read_csv(oof_path, dtype={"row_id": str}))
+            write_csv(part, fold.file(RunDir.OOF))
+            fold.write_done({"best_score": result.best_score, "best_epoch": result.best_epoch})
+        oof_parts.append(pd.read_csv(fold.file(RunDir.OOF), dtype={"row_id": str}))
     oof = pd.concat(oof_parts, ignore_index=True)
-    write_csv(oof, out_dir / "oof.csv")
+    write_csv(oof, run.file(RunDir.OOF))
     metrics = cv_metrics(cfg, manifest, oof)
     metrics["folds"] = [int(k) for k in selected]
     if full:
-        fit(cfg, manifest, None, out_dir / "full", resume=True, seed=cfg.train.seed)
-        metrics["full_model"] = str(out_dir / "full" / "best.pt")
-    write_json(out_dir / "metrics.json", metrics)
+        fit(cfg, manifest, None, run.full.path, resume=True, seed=cfg.train.seed)
+        metrics["full_model"] = str(run.full.best)
+    run.write_metrics(metrics)
     return metrics

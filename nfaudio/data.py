@@ -8,10 +8,10 @@ of Szegedy et al. 2016 ("Rethinking the Inception Architecture") per class: ``t 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,11 +20,13 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from nfaudio import audio
 from nfaudio.audio import AudioError
+from nfaudio.config import CROPS, Config, ConfigError
 from nfaudio.manifest import (  # noqa: F401 - re-exported: data.py is the public entry point
     BASE_COLUMNS,
     BIRDCLEF_METADATA,
     Manifest,
     ManifestError,
+    detect_kind,
     load_manifest,
     read_birdclef,
     read_csv_manifest,
@@ -33,8 +35,6 @@ from nfaudio.manifest import (  # noqa: F401 - re-exported: data.py is the publi
 
 logger = logging.getLogger(__name__)
 
-CROPS = ("random", "start", "center")
-_RESAMPLE_CONTEXT_S = 0.05  # extra seconds decoded around a crop that gets resampled
 _PROBE_S = 1.0  # seconds decoded at each end of a file by validate_manifest(full=False)
 
 
@@ -149,31 +149,10 @@ class AudioDataset(Dataset):
         self.epoch = int(epoch)
 
     def load_clip(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        """The cropped/padded clip of row ``i`` at ``sample_rate`` (float32, ``(num_samples,)``)."""
+        """The cropped/padded clip of row ``i`` at ``sample_rate`` (float32, ``(num_samples,)``); see
+        :func:`nfaudio.audio.read_crop`."""
         mode = self.crop if self.crop != "random" else ("random" if self.train else "start")
-        if mode == "random" and rng is None:
-            raise ValueError("a random crop needs rng")
-        path = self.paths[i]
-        meta = audio.info(path)
-        need = int(math.ceil(self.duration * meta.sample_rate))  # frames at the file's own rate
-        if meta.frames > need:
-            if mode == "random":
-                start = int(rng.integers(0, meta.frames - need + 1))
-            else:
-                start = (meta.frames - need) // 2 if mode == "center" else 0
-            # when resampling, decode a little context on both sides so the crop's edges match a full-file resample
-            ctx = int(_RESAMPLE_CONTEXT_S * meta.sample_rate) if meta.sample_rate != self.sample_rate else 0
-            lo, hi = max(start - ctx, 0), min(start + need + ctx, meta.frames)
-            y, _ = audio.load(path, sr=self.sample_rate, offset=lo / meta.sample_rate,
-                              duration=(hi - lo) / meta.sample_rate)
-            skip = int(round((start - lo) * self.sample_rate / meta.sample_rate))
-            return audio.fix_length(y, self.num_samples, start=skip)
-        y, _ = audio.load(path, sr=self.sample_rate)
-        if mode == "random":
-            return audio.random_crop(y, self.num_samples, rng)
-        if mode == "center":
-            return audio.center_crop(y, self.num_samples)
-        return audio.fix_length(y, self.num_samples)
+        return audio.read_crop(self.paths[i], self.sample_rate, self.duration, mode, rng)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:
         i = int(i)
@@ -185,6 +164,54 @@ class AudioDataset(Dataset):
                 y = audio.fix_length(y, self.num_samples)
         wave = torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
         return wave, torch.tensor(self.targets[i]), torch.tensor(self.weights[i], dtype=torch.float32), self.row_ids[i]
+
+
+# ----------------------------------------------------------------------------------------------- a recipe's data
+def load_data(cfg: Config) -> Manifest:
+    """Read the manifest the ``data`` section points at, validating every file when asked.
+
+    Raises:
+        ConfigError: neither ``data.root`` nor ``data.manifest`` is set.
+        ManifestError: the data is missing or malformed (the message names the file).
+    """
+    d = cfg.data
+    source = d.manifest or d.root
+    if not source:
+        raise ConfigError("no data: set data.root (BirdCLEF or folder-per-class) or data.manifest (CSV)")
+    kind = d.kind if d.kind != "auto" else detect_kind(source)  # one detection rule: manifest.detect_kind
+    kwargs: dict[str, Any] = {}
+    if kind == "csv":
+        kwargs = dict(root=d.root if d.manifest else None, path_column=d.path_column, label_column=d.label_column)
+    elif kind == "birdclef" and d.metadata and not d.manifest:
+        kwargs = {"metadata": d.metadata}
+    manifest = load_manifest(kind, source, **kwargs)
+    if not manifest.classes:
+        raise ManifestError(d.manifest or d.root, "empty class list")
+    if d.validate:
+        manifest, bad = validate_manifest(manifest, sample_rate=cfg.audio.sample_rate,
+                                          min_duration=d.min_duration, workers=max(1, d.num_workers), drop=True)
+        if len(bad):
+            logger.warning("dropped %d unreadable or too-short files (first: %s: %s)", len(bad),
+                        bad.iloc[0]["path"], bad.iloc[0]["reason"])
+    return manifest
+
+
+def split_train_val(cfg: Config, manifest: Manifest, folds: np.ndarray | None = None) -> tuple[Manifest, Manifest]:
+    """Training and validation parts: by ``data.split_column`` when set, else by fold ``train.val_fold``.
+
+    ``folds`` is a fold per row (from :func:`nfaudio.folds.run_folds`); required without a split column.
+    """
+    d = cfg.data
+    if d.split_column:
+        if d.split_column not in manifest.df.columns:
+            raise ManifestError(d.manifest or d.root, f"split column '{d.split_column}' not in the manifest "
+                                f"(columns: {', '.join(map(str, manifest.df.columns))})")
+        split = manifest.df[d.split_column].astype(str).to_numpy()
+        return manifest.subset(split == d.train_split), manifest.subset(split == d.val_split)
+    if folds is None:
+        raise ValueError("fold assignment needed when data.split_column is not set")
+    k = cfg.train.val_fold
+    return manifest.subset(folds != k), manifest.subset(folds == k)
 
 
 # ----------------------------------------------------------------------------------------------- validation

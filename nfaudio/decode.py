@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from nfaudio.audio import AudioError, info, stream_windows
+from nfaudio.audio import AudioError, info, shifted_windows, stream_windows
 
 log = logging.getLogger(__name__)
 
@@ -36,27 +36,6 @@ class DecodeSpec:
     min_duration: float
 
 
-def _shifted(stream: Iterator[tuple[float, float, np.ndarray]], spec: DecodeSpec
-             ) -> Iterator[tuple[float, float, np.ndarray]]:
-    """Add the TTA copies: (start, end, (shifts, T)) cut from the previous, current and next window."""
-    sr, shifts = spec.sample_rate, spec.shifts
-    lo, hi = min(min(shifts), 0), max(max(shifts), 0)
-    prev = cur = None
-    for nxt in itertools.chain(stream, [None]):
-        if cur is not None:
-            size = len(cur[2])
-            origin = int(round(cur[0] * sr)) + lo  # absolute sample index of span[0]
-            span = np.zeros(size + hi - lo, dtype=np.float32)
-            for item in (prev, cur, nxt):  # overlaps agree; padding only lies past the end of the file
-                if item is not None:
-                    a = int(round(item[0] * sr)) - origin
-                    i0, i1 = max(0, -a), min(size, len(span) - a)
-                    if i1 > i0:
-                        span[a + i0:a + i1] = item[2][i0:i1]
-            yield cur[0], cur[1], np.stack([span[s - lo:s - lo + size] for s in shifts])
-        prev, cur = cur, nxt
-
-
 def _file_messages(idx: int, path: Path, spec: DecodeSpec) -> Iterator[tuple[int, str, Any]]:
     """Decode one file into ``(idx, "chunk", (starts, ends, waves))`` messages, then ``(idx, "done", duration)``
     or, on any failure, ``(idx, "error", (reason, duration))``."""
@@ -68,7 +47,7 @@ def _file_messages(idx: int, path: Path, spec: DecodeSpec) -> Iterator[tuple[int
             return
         stream = stream_windows(path, spec.sample_rate, spec.window, spec.hop, last=spec.last)
         if len(spec.shifts) > 1:
-            stream = _shifted(stream, spec)
+            stream = shifted_windows(stream, spec.sample_rate, spec.shifts)
         n = 0
         while chunk := list(itertools.islice(stream, spec.chunk)):
             waves = np.concatenate([w.reshape(-1, w.shape[-1]) for _, _, w in chunk])  # (n * shifts, T)

@@ -20,8 +20,8 @@ from nfaudio.config import Config, from_dict
 from nfaudio.cv import run_cv
 from nfaudio.fileio import write_json
 from nfaudio.metrics import score_submission
-from nfaudio.outputs import run_prediction
 from nfaudio.predict import Predictor
+from nfaudio.predict_run import run_prediction
 from nfaudio.synth import SynthConfig, generate_dataset
 
 log = logging.getLogger(__name__)

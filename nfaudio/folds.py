@@ -14,11 +14,41 @@ import warnings
 import numpy as np
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
 
-from nfaudio.data import Manifest
+from nfaudio.config import FOLD_STRATEGIES as STRATEGIES
+from nfaudio.config import Config
+from nfaudio.manifest import Manifest
+from nfaudio.rundir import RunDir
+
+__all__ = ["STRATEGIES", "assign_folds", "run_folds"]
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("stratified", "group", "logo", "predefined")
+_FOLD_KEYS = (("cv", "n_folds"), ("cv", "strategy"), ("cv", "group_column"), ("train", "seed"))
+
+
+def run_folds(cfg: Config, manifest: Manifest, run: RunDir) -> np.ndarray:
+    """The fold of each manifest row for a run: read from the run's ``folds.csv`` when it has one (matched by row
+    id), else assigned from the ``cv`` section and written there. Training and CV both go through here, so a
+    resumed run always keeps its folds.
+
+    Raises:
+        ValueError: the existing ``folds.csv`` lacks row ids of the manifest, or was assigned with other fold
+            settings (the message names them).
+    """
+    stored = run.read_folds(manifest.df["row_id"].astype(str).tolist())
+    if stored is not None:
+        previous = run.read_config()
+        changed = [f"{a}.{b}={getattr(getattr(previous, a), b)!r} (now {getattr(getattr(cfg, a), b)!r})"
+                   for a, b in _FOLD_KEYS
+                   if previous is not None and getattr(getattr(previous, a), b) != getattr(getattr(cfg, a), b)]
+        if changed:
+            raise ValueError(f"{run.file(RunDir.FOLDS)} was assigned with {', '.join(changed)}; "
+                             "use a new output directory")
+        return np.asarray(stored, dtype=int)
+    c = cfg.cv
+    folds = assign_folds(manifest, c.n_folds, c.strategy, c.group_column, cfg.train.seed)
+    run.write_folds(manifest.df[["row_id", "primary_label"]].assign(fold=folds))
+    return folds
 
 
 def assign_folds(manifest: Manifest, n_folds: int = 5, strategy: str = "stratified",

@@ -319,26 +319,36 @@ def read_csv_manifest(path: str | os.PathLike, root: str | os.PathLike | None = 
     return _finalize(df, classes, path, check_files)
 
 
+def detect_kind(path: str | os.PathLike) -> str:
+    """The manifest kind of ``path``: a folder with ``train_metadata.csv``/``train.csv`` -> "birdclef", another
+    folder -> "folder"; a file named like BirdCLEF metadata with ``primary_label`` and ``filename`` columns ->
+    "birdclef" (a generic manifest may also be called ``train.csv``), any other file -> "csv".
+
+    Raises:
+        ManifestError: ``path`` does not exist.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        return "birdclef" if any((path / n).is_file() for n in BIRDCLEF_METADATA) else "folder"
+    if path.is_file():
+        header = set(_read_table(path, nrows=0).columns) if path.name in BIRDCLEF_METADATA else set()
+        return "birdclef" if {"primary_label", "filename"} <= header else "csv"
+    raise ManifestError(path, "not found")
+
+
 def load_manifest(kind: str, path: str | os.PathLike, **kwargs: Any) -> Manifest:
     """Read a manifest of ``kind`` ``"auto" | "birdclef" | "folder" | "csv"``; extra kwargs go to the reader.
 
-    ``auto``: a folder with ``train_metadata.csv``/``train.csv`` -> BirdCLEF, another folder -> folder-per-class,
-    a BirdCLEF metadata file (by name) -> BirdCLEF on its folder, any other file -> CSV manifest.
+    ``auto`` is :func:`detect_kind`. A BirdCLEF metadata *file* is read as BirdCLEF on its folder.
 
     Raises:
         ValueError: unknown kind. ManifestError: see the readers.
     """
     path = Path(path).expanduser()
     if kind == "auto":
-        if path.is_dir():
-            kind = "birdclef" if any((path / n).is_file() for n in BIRDCLEF_METADATA) else "folder"
-        elif path.is_file():  # a generic manifest may also be called train.csv: look at its columns
-            header = set(_read_table(path, nrows=0).columns) if path.name in BIRDCLEF_METADATA else set()
-            kind = "birdclef" if {"primary_label", "filename"} <= header else "csv"
-        else:
-            raise ManifestError(path, "not found")
-        if kind == "birdclef" and path.is_file():
-            return read_birdclef(path.parent, metadata=path.name, **kwargs)
+        kind = detect_kind(path)
+    if kind == "birdclef" and path.is_file():
+        return read_birdclef(path.parent, metadata=path.name, **kwargs)
     readers: dict[str, Callable[..., Manifest]] = {
         "birdclef": read_birdclef, "folder": read_folder, "csv": read_csv_manifest}
     if kind not in readers:

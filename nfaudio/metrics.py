@@ -31,6 +31,7 @@ __all__ = [
     "macro_roc_auc",
     "padded_cmap",
     "per_class_report",
+    "row_f1",
     "row_wise_micro_f1",
     "score_submission",
 ]
@@ -293,11 +294,20 @@ def labels_from_scores(scores: Table, classes: Sequence[str], threshold: float =
     return [{classes[j] for j in np.flatnonzero(row >= threshold)} or {NOCALL} for row in sc]
 
 
+def row_f1(solution: Table, submission: Table, threshold: float = 0.5) -> float:
+    """:func:`row_wise_micro_f1` as a table metric: a 0/1 solution ``(N, C)`` and scores ``(N, C)``; a window's
+    predicted labels are the classes scoring ``>= threshold`` (none: "nocall"), as in BirdCLEF 2021."""
+    sol, sub, columns = _arrays(solution, submission)
+    names = [str(c) for c in columns]
+    return row_wise_micro_f1(labels_from_scores(sol, names, 0.5), labels_from_scores(sub, names, threshold))
+
+
 METRICS: dict[str, Metric] = {
     "padded_cmap": padded_cmap,
     "macro_auc": macro_roc_auc,
     "map": macro_map,
     "accuracy": accuracy,
+    "row_wise_micro_f1": row_f1,
 }
 
 

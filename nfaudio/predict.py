@@ -9,7 +9,7 @@ Decoding and resampling run in worker processes that feed the model, one pipe ea
 its batch is taken, so memory stays O(workers x batch) whatever the number or length of the files. A
 file's windows are always batched on their own (``batch_size`` windows per forward pass, in order), so a
 window's score never depends on which other files share the run: a resumed run
-(:func:`nfaudio.outputs.run_prediction`) reproduces an uninterrupted one bit for bit.
+(:func:`nfaudio.predict_run.run_prediction`) reproduces an uninterrupted one bit for bit.
 
 Post-processing, both optional: time-shift TTA (each window is also scored shifted by a few seconds,
 using the neighbouring audio, and the probabilities are averaged) and neighbour smoothing
@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,100 +31,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nfaudio.audio import AUDIO_EXTENSIONS, AudioError
-from nfaudio.config import ConfigError, PredictConfig, load_config
+from nfaudio.audio import AudioError
+from nfaudio.backends import BACKENDS, OnnxScorer, OpenVinoScorer, Scorer, TorchScorer, require
+from nfaudio.config import PredictConfig
 from nfaudio.decode import DecodeSpec, iter_decoded
-from nfaudio.export import Scorer, TorchScorer, load_checkpoint
-from nfaudio.models import AudioClassifier
-from nfaudio.outputs import to_submission
-from nfaudio.runtime import resolve_device
+from nfaudio.export import export_onnx, read_onnx_metadata
+from nfaudio.formats import scores_frame
+from nfaudio.inputs import list_audio
+from nfaudio.models import AudioClassifier, load_checkpoint
+from nfaudio.predict_run import RunSummary, run_prediction
+from nfaudio.rundir import find_checkpoints
+from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
 
-__all__ = ["BACKENDS", "FileResult", "Predictor", "find_checkpoints", "list_audio", "predict_defaults", "read_manifest",
-           "smooth_neighbours", "to_submission"]
+__all__ = ["FileResult", "Predictor", "load_runtime_scorer", "output_options", "predictor_options",
+           "smooth_neighbours"]
 
 log = logging.getLogger(__name__)
-
-BACKENDS = ("torch", "onnxruntime", "openvino")
-MANIFEST_EXTENSIONS = (".csv", ".txt")
-
-
-def predict_defaults(model_path: str | Path) -> PredictConfig:
-    """The ``predict`` section of the run that ``model_path`` belongs to (its ``config.yaml``, or that of the
-    checkpoint's folder); the built-in defaults when there is none or it cannot be read (logged)."""
-    path = Path(model_path)
-    cfg_path = (path if path.is_dir() else path.parent) / "config.yaml"
-    if not cfg_path.is_file():
-        return PredictConfig()
-    try:
-        return load_config(cfg_path).predict
-    except ConfigError as err:
-        log.warning("ignoring the predict settings of %s: %s", cfg_path, err)
-        return PredictConfig()
-
-
-# ----------------------------------------------------------------------------- inputs
-def find_checkpoints(path: str | Path) -> list[Path]:
-    """Model files of ``path``: a ``.pt``/``.onnx`` file, a run directory (``best.pt``), a CV directory
-    (``fold*/best.pt``, ensembled) or a directory of exported ``*.onnx`` files.
-
-    Raises:
-        FileNotFoundError: nothing loadable at ``path``.
-    """
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if (path / "best.pt").is_file():
-        return [path / "best.pt"]
-    for pattern in ("fold*/best.pt", "*.onnx"):
-        found = sorted(path.glob(pattern))
-        if found:
-            return found
-    raise FileNotFoundError(f"{path}: no checkpoint (expected a .pt/.onnx file, DIR/best.pt, DIR/fold*/best.pt "
-                            "or DIR/*.onnx)")
-
-
-def read_manifest(path: str | Path) -> list[Path]:
-    """Audio paths listed by a manifest: a CSV with a ``path`` (or ``filename``) column, or a text file with
-    one path per line (``#`` comments). Relative paths are relative to the manifest's folder.
-
-    Raises:
-        ValueError: a CSV without a ``path``/``filename`` column.
-    """
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-        column = next((c for c in ("path", "filename") if c in df.columns), None)
-        if column is None:
-            raise ValueError(f"{path}: manifest needs a 'path' or 'filename' column, has {list(df.columns)}")
-        items = [x for x in df[column] if x]
-    else:
-        lines = path.read_text().splitlines()
-        items = [x.strip() for x in lines if x.strip() and not x.lstrip().startswith("#")]
-    return [p if p.is_absolute() else path.parent / p for p in map(Path, items)]
-
-
-def list_audio(inputs: Iterable[str | Path], extensions: Sequence[str] = AUDIO_EXTENSIONS) -> list[Path]:
-    """Audio files of ``inputs``: files given directly, files found recursively in folders (by extension,
-    sorted) and files listed in manifests (``.csv``/``.txt``, see :func:`read_manifest`); in input order,
-    without duplicates. Files listed in a manifest are not checked here (a missing one fails at decode).
-
-    Raises:
-        FileNotFoundError: an input that does not exist.
-    """
-    out: dict[Path, None] = {}
-    exts = {e.lower() for e in extensions}
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            out.update((f, None) for f in sorted(item.rglob("*")) if f.is_file() and f.suffix.lower() in exts)
-        elif item.is_file() and item.suffix.lower() in MANIFEST_EXTENSIONS:
-            out.update((f, None) for f in read_manifest(item))
-        elif item.exists():
-            out[item] = None
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    return list(out)
-
 
 def _file_id(path: Path) -> dict[str, Any]:
     st = path.stat()
@@ -153,11 +77,7 @@ class FileResult:
 
     def to_frame(self, classes: Sequence[str]) -> pd.DataFrame:
         """The windows as a DataFrame indexed by ``(file, start_s, end_s)``, one column per class."""
-        n = len(self.starts)
-        index = pd.MultiIndex.from_arrays([[str(self.path)] * n, self.starts, self.ends],
-                                          names=["file", "start_s", "end_s"])
-        scores = self.scores if self.scores is not None else np.zeros((0, len(classes)), np.float32)
-        return pd.DataFrame(scores, index=index, columns=list(classes))
+        return scores_frame(self.path, self.starts, self.ends, self.scores, classes)
 
 
 def smooth_neighbours(scores: np.ndarray, weight: float) -> np.ndarray:
@@ -196,6 +116,8 @@ class Predictor:
             (zeros before the start / after the end). Needs ``|shift| <= hop <= window``.
         smoothing: neighbour-smoothing weight in ``[0, 0.5]`` (:func:`smooth_neighbours`), applied per file.
         num_workers: decode processes feeding the model; 0 decodes in the calling process.
+        threads: torch intra-op threads while scoring (default: the thread policy,
+            :func:`nfaudio.runtime.intra_op_threads`: usable cores minus ``num_workers``, at least 1).
         min_duration: files shorter than this (seconds) are skipped as errors.
         freq_range: ``(low, high)`` Hz written to Raven tables (default ``(0, sample_rate / 2)``).
         sources: model files, recorded in :meth:`fingerprint` (set by :meth:`from_checkpoint`).
@@ -209,7 +131,7 @@ class Predictor:
                  device: str = "auto", activation: str = "sigmoid", *, tta_shifts: Sequence[float] = (),
                  smoothing: float = 0.0, num_workers: int = 1, min_duration: float = 0.5,
                  freq_range: tuple[float, float] | None = None, sources: Sequence[str | Path] = (),
-                 overlap: float | None = None) -> None:
+                 overlap: float | None = None, threads: int | None = None) -> None:
         if isinstance(models, torch.nn.Module):
             models = [models]
         self.scorer: Scorer = (TorchScorer(models, activation, device) if isinstance(models, (list, tuple))
@@ -224,6 +146,7 @@ class Predictor:
         self.tta_shifts = tuple(float(s) for s in tta_shifts if s != 0)
         self.smoothing = float(smoothing)
         self.num_workers = int(num_workers)
+        self.threads = intra_op_threads(threads, workers=self.num_workers)
         self.min_duration = float(min_duration)
         self.sample_rate = int(self.scorer.sample_rate)
         self.freq_range = tuple(freq_range) if freq_range else (0.0, self.sample_rate / 2.0)
@@ -251,7 +174,8 @@ class Predictor:
             path: model file(s) location.
             backend: "torch", "onnxruntime" or "openvino" (the latter two export ``.pt`` files to ONNX first).
             device: "auto", "cpu", "cuda", ...
-            threads: onnxruntime/openvino intra-op threads (default: the runtime's own choice).
+            threads: intra-op threads of the backend, torch, onnxruntime or OpenVINO alike (default: the thread
+                policy, :func:`nfaudio.runtime.intra_op_threads`).
             precision: "fp32", or "bf16" with the openvino backend (faster, approximate).
             **kwargs: other :class:`Predictor` options (``window`` defaults to the training duration).
 
@@ -262,6 +186,7 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        threads = intra_op_threads(threads, workers=int(kwargs.get("num_workers", 1)))
         paths = find_checkpoints(path)
         if backend == "torch":
             if precision != "fp32":
@@ -273,8 +198,6 @@ class Predictor:
             target = resolve_device(device)  # our own copies: moved, not copied, onto the device
             scorer: Scorer = TorchScorer([m.to(target) for m, _ in loaded], metas[0]["activation"], target)
         else:
-            from nfaudio.export import load_runtime_scorer
-
             scorer, metas = load_runtime_scorer(paths, backend, device=device, threads=threads, precision=precision)
         for p, meta in zip(paths[1:], metas[1:]):
             for key in ("classes", "duration", "sample_rate", "activation"):
@@ -283,7 +206,7 @@ class Predictor:
         meta = metas[0]
         kwargs.setdefault("window", meta["duration"])
         kwargs.setdefault("freq_range", (meta["fmin"], meta["fmax"]))
-        return cls(scorer, meta["classes"], sources=paths, **kwargs)
+        return cls(scorer, meta["classes"], sources=paths, threads=threads, **kwargs)
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching)."""
@@ -302,6 +225,10 @@ class Predictor:
     def iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
         """Score ``files`` (decoded by ``num_workers`` processes); yields one :class:`FileResult` per file as it
         finishes (not necessarily in input order), including files that failed (``error`` set)."""
+        with torch_threads(self.threads):
+            yield from self._iter_results(files)
+
+    def _iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
         spec = self._decode_spec()
         n_shifts = len(spec.shifts)
         parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
@@ -365,9 +292,58 @@ class Predictor:
             return FileResult(Path(), 0, np.zeros(0), np.zeros(0), None, 0.0).to_frame(self.classes)
         return pd.concat(frames)
 
-    def predict_to_dir(self, inputs: Iterable[str | Path], out_dir: str | Path, **options: Any) -> Any:
+    def predict_to_dir(self, inputs: Iterable[str | Path], out_dir: str | Path, **options: Any) -> RunSummary:
         """Crash-safe run writing the chosen output formats to ``out_dir``; see
-        :func:`nfaudio.outputs.run_prediction` for ``options``. Returns its :class:`~nfaudio.outputs.RunSummary`."""
-        from nfaudio.outputs import run_prediction
-
+        :func:`nfaudio.predict_run.run_prediction` for ``options``."""
         return run_prediction(self, inputs, out_dir, **options)
+
+
+def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device: str = "cpu",
+                        threads: int | None = None, precision: str = "fp32"
+                        ) -> tuple[Scorer, list[dict[str, Any]]]:
+    """An :class:`OnnxScorer`/:class:`OpenVinoScorer` over ``.onnx`` files or checkpoints (exported to a
+    temporary folder first, kept for the scorer's lifetime), plus each model's metadata.
+
+    Raises:
+        ValueError: unknown backend, or a precision other than fp32 for onnxruntime.
+        ImportError: the runtime is not installed.
+    """
+    if precision != "fp32" and backend != "openvino":
+        raise ValueError(f"precision {precision!r} needs the openvino backend")
+    runtimes = {"onnxruntime": OnnxScorer, "openvino": OpenVinoScorer}
+    if backend not in runtimes:
+        raise ValueError(f"backend must be one of {sorted(runtimes)}, got {backend!r}")
+    require("onnxruntime" if backend == "onnxruntime" else "openvino", "onnx" if backend == "onnxruntime"
+             else "openvino")
+    tmp = None
+    files, metas = [], []
+    for i, p in enumerate(map(Path, paths)):
+        if p.suffix != ".onnx":
+            tmp = tmp or tempfile.TemporaryDirectory(prefix="nfaudio-onnx-")
+            p = export_onnx(p, Path(tmp.name) / f"model{i}.onnx", check=False)
+        files.append(p)
+        metas.append(read_onnx_metadata(p))
+    extra = {"precision": precision} if backend == "openvino" else {}
+    scorer = runtimes[backend](files, metas[0].get("activation", "sigmoid"), metas[0]["sample_rate"], device,
+                              threads, **extra)
+    scorer._tmpdir = tmp  # keeps the exported files while the scorer lives
+    return scorer, metas
+
+
+def predictor_options(options: PredictConfig) -> dict[str, Any]:
+    """:meth:`Predictor.from_checkpoint` keyword arguments from a recipe's ``predict`` section (the same keys as
+    the ``nfaudio predict`` flags); ``window: null`` is left out so the training duration applies."""
+    o = options
+    kwargs: dict[str, Any] = dict(
+        backend=o.backend, device=o.device, threads=o.threads, precision=o.precision, batch_size=o.batch_size,
+        hop=o.hop, overlap=o.overlap, last=o.last, tta_shifts=(-o.tta_shift, o.tta_shift) if o.tta_shift else (),
+        smoothing=o.smoothing, num_workers=o.workers, min_duration=o.min_duration)
+    if o.window is not None:
+        kwargs["window"] = o.window
+    return kwargs
+
+
+def output_options(options: PredictConfig) -> dict[str, Any]:
+    """:func:`~nfaudio.predict_run.run_prediction` keyword arguments from a recipe's ``predict`` section."""
+    o = options
+    return dict(formats=list(o.formats), table_format=o.table_format, threshold=o.threshold, top_k=o.top_k)

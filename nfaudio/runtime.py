@@ -1,19 +1,26 @@
-"""How models run: the device choice and running a caller's model without changing it.
+"""How models run: the device choice, the thread policy, and running a caller's model without changing it.
 
 A library function that is handed a user's model (the predictor, the exporter, later the embedding and probe
 paths) scores it in eval mode and leaves it as it found it: :func:`eval_mode` switches every submodule to eval
 for the duration of a block and restores each one's own ``training`` flag afterwards.
+
+Threads: one policy for torch, onnxruntime and OpenVINO. :func:`intra_op_threads` gives the intra-op thread
+count: an explicit number wins, else the usable cores minus the worker processes (DataLoader or decode
+workers) that run beside the model, at least one, so model threads and workers do not oversubscribe a small
+CPU. :func:`torch_threads` applies a count to torch for one block and restores the caller's setting.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["eval_mode", "module_device", "resolve_device", "same_device"]
+__all__ = ["eval_mode", "intra_op_threads", "module_device", "resolve_device", "same_device", "torch_threads",
+           "usable_cores"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -58,3 +65,60 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
     finally:
         for m, training in saved:
             m.training = training
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the OS reports one, else ``os.cpu_count()``.
+
+    Returns:
+        At least 1.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity (macOS, Windows) or the call is refused
+        return max(1, os.cpu_count() or 1)
+
+
+def intra_op_threads(requested: int | None = None, workers: int = 0) -> int:
+    """The intra-op thread count for torch, onnxruntime and OpenVINO.
+
+    Args:
+        requested: an explicit count; wins when given.
+        workers: worker processes (DataLoader or decode workers) that run beside the model; each takes a core
+            from the default.
+
+    Returns:
+        ``requested``, else ``max(1, usable_cores() - workers)``.
+
+    Raises:
+        ValueError: ``requested`` is below 1, or ``workers`` is negative.
+    """
+    if requested is not None:
+        if requested < 1:
+            raise ValueError(f"threads must be >= 1, got {requested}")
+        return int(requested)
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    return max(1, usable_cores() - workers)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(threads)``, then restore the previous count (also on errors).
+
+    Only intra-op threads change; torch's inter-op pool is left alone (it can be set once per process only).
+
+    Args:
+        threads: intra-op threads for the block, e.g. from :func:`intra_op_threads`.
+
+    Raises:
+        ValueError: ``threads`` is below 1.
+    """
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

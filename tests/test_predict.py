@@ -1,5 +1,5 @@
-"""Tests for nfaudio.predict and nfaudio.outputs: windows, values, ensembling, TTA, smoothing, every output
-format read back, bad files, and crash-safe resume (including a kill -9 of the CLI)."""
+"""Tests for nfaudio.predict, nfaudio.predict_run and nfaudio.formats: windows, values, ensembling, TTA, smoothing,
+every output format read back, bad files, and crash-safe resume (including a kill -9 of the CLI)."""
 
 from __future__ import annotations
 
@@ -20,9 +20,12 @@ from conftest import recipe_model
 
 from nfaudio.audio import load, window_starts
 from nfaudio.cli import main
+from nfaudio.formats import RAVEN_COLUMNS, to_detections, to_submission
+from nfaudio.inputs import list_audio
 from nfaudio.models import load_model, save_model
-from nfaudio.outputs import RAVEN_COLUMNS, Journal, RunConflictError, run_prediction, to_detections, to_submission
-from nfaudio.predict import Predictor, find_checkpoints, list_audio, smooth_neighbours
+from nfaudio.predict import Predictor, smooth_neighbours
+from nfaudio.predict_run import Journal, RunConflictError, run_prediction
+from nfaudio.rundir import RunDir, find_checkpoints, run_of
 
 SR = 16000
 CLASSES = ["alpha", "beta", "gamma"]
@@ -120,8 +123,10 @@ def test_overlap_is_window_minus_hop(ckpt: Path) -> None:
 
 
 def test_workers_give_same_scores_in_input_order(ckpt: Path, audio_dir: Path) -> None:
-    inline = Predictor.from_checkpoint(ckpt, batch_size=2, num_workers=0).predict([audio_dir])
-    pooled = Predictor.from_checkpoint(ckpt, batch_size=2, num_workers=2).predict([audio_dir])
+    # the same thread count on both sides: the default policy gives 2 - workers threads, and torch's sums may
+    # round differently with another count
+    inline = Predictor.from_checkpoint(ckpt, batch_size=2, num_workers=0, threads=1).predict([audio_dir])
+    pooled = Predictor.from_checkpoint(ckpt, batch_size=2, num_workers=2, threads=1).predict([audio_dir])
     pd.testing.assert_frame_equal(inline, pooled, check_exact=True)
     files = list(dict.fromkeys(inline.index.get_level_values("file")))
     assert files == [str(f) for f in list_audio([audio_dir])]
@@ -373,16 +378,15 @@ def test_kill_9_then_resume_gives_identical_outputs(ckpt: Path, tmp_path: Path) 
 
 def test_predict_takes_defaults_from_the_runs_config_and_flags_win(tmp_path: Path, capsys) -> None:
     from nfaudio.config import Config, dump_config
-    from nfaudio.predict import predict_defaults
 
     run = tmp_path / "run"
     _save_model(run / "best.pt", seed=0)
     cfg = Config()
     cfg.predict.hop, cfg.predict.window, cfg.predict.batch_size = 0.25, 0.5, 3
     dump_config(cfg, run / "config.yaml")
-    assert predict_defaults(run) == cfg.predict
-    assert predict_defaults(run / "best.pt") == cfg.predict
-    assert predict_defaults(tmp_path / "elsewhere.pt").hop is None
+    assert RunDir(run).predict_defaults() == cfg.predict
+    assert run_of(run / "best.pt").predict_defaults() == cfg.predict
+    assert run_of(tmp_path / "elsewhere.pt").predict_defaults().hop is None
     audio = _write(tmp_path / "audio" / "x.wav", 2.0)
 
     assert main(["predict", str(run), str(audio), "--out", str(tmp_path / "a"), "--format", "table",

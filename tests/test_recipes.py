@@ -22,13 +22,12 @@ import soundfile as sf
 import torch
 import yaml
 
-from nfaudio.config import Config, load_config
+from nfaudio.config import LOSSES, Config, load_config
 from nfaudio.data import read_csv_manifest
 from nfaudio.folds import STRATEGIES, assign_folds
-from nfaudio.losses import LOSSES
 from nfaudio.metrics import METRICS, accuracy
 from nfaudio.models import list_models, load_model
-from nfaudio.runs import build_augment, build_model
+from nfaudio.train import build_augment, build_model
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))

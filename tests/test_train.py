@@ -6,11 +6,12 @@ import pytest
 import torch
 from conftest import tiny_recipe
 
-from nfaudio import train as train_mod
 from nfaudio.data import read_birdclef
 from nfaudio.models import load_checkpoint, load_model
-from nfaudio.runs import build_model
-from nfaudio.train import build_optimizer, cosine_lambda, fit, is_normalizer_free, train_from_config
+from nfaudio.train import build_model, build_optimizer, fit, train_from_config
+from nfaudio.train import loggers as train_loggers
+from nfaudio.train import state as train_state
+from nfaudio.train.build import cosine_lambda, is_normalizer_free
 
 
 def _split(root):
@@ -46,7 +47,7 @@ def test_resumed_run_ends_with_identical_weights(tiny_birdclef, tmp_path, monkey
     fit(cfg, tr, va, tmp_path / "full")
 
     calls = {"n": 0}
-    real_log = train_mod._Logger.log
+    real_log = train_loggers.HistoryLogger.log
 
     def interrupt_in_epoch_2(self, row):
         calls["n"] += 1
@@ -54,10 +55,10 @@ def test_resumed_run_ends_with_identical_weights(tiny_birdclef, tmp_path, monkey
             raise KeyboardInterrupt  # after epoch 1's checkpoint, before epoch 2's
         real_log(self, row)
 
-    monkeypatch.setattr(train_mod._Logger, "log", interrupt_in_epoch_2)
+    monkeypatch.setattr(train_loggers.HistoryLogger, "log", interrupt_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
         fit(cfg, tr, va, tmp_path / "resumed")
-    monkeypatch.setattr(train_mod._Logger, "log", real_log)
+    monkeypatch.setattr(train_loggers.HistoryLogger, "log", real_log)
     assert torch.load(tmp_path / "resumed" / "last.pt", weights_only=False)["epoch"] == 0
     fit(cfg, tr, va, tmp_path / "resumed", resume=True)
 
@@ -104,7 +105,7 @@ def test_frozen_backbone_warmup_keeps_backbone_weights(tiny_birdclef, tmp_path):
     torch.manual_seed(0)
     fit(cfg, tr, va, tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=False)["model"]
-    train_mod.seed_everything(cfg.train.seed)
+    train_state.seed_everything(cfg.train.seed)
     init = build_model(cfg, 3).state_dict()
     bb = [k for k in init if k.startswith("backbone.")]
     head = [k for k in init if k.startswith("head.") and init[k].is_floating_point()]
@@ -137,7 +138,7 @@ def test_small_balanced_training_set_still_takes_a_step(tiny_birdclef, tmp_path)
 
 
 def test_load_data_accepts_a_birdclef_metadata_file(tiny_birdclef):
-    from nfaudio.runs import load_data
+    from nfaudio.data import load_data
 
     by_root = load_data(tiny_recipe(tiny_birdclef.root, data={"metadata": "train_metadata.csv"}))
     by_file = load_data(tiny_recipe(None, data={"root": None,
@@ -188,7 +189,7 @@ def test_select_last_keeps_the_final_epoch(tiny_birdclef, tmp_path):
     assert extra["epoch"] == 3
     assert result.best_epoch == 3
     assert result.best_score == pytest.approx(result.history[-1]["val_score"])
-    with pytest.raises(ValueError, match="train.select must be 'best' or 'last'"):
+    with pytest.raises(ValueError, match="'train.select' cannot be 'worst'; valid values: best, last"):
         fit(tiny_recipe(tiny_birdclef.root, train={"select": "worst"}), tr, va, tmp_path / "x")
 
 

@@ -8,7 +8,7 @@ NFNets: Brock et al. 2021, "High-Performance Large-Scale Image Recognition Witho
 """
 
 from nfaudio.models.classifier import AudioClassifier, ModelOutput
-from nfaudio.models.factory import create_model, load_checkpoint, load_model, save_model
+from nfaudio.models.factory import create_model, load_checkpoint, load_model, prediction_meta, save_model
 from nfaudio.models.heads import PooledHead, SEDHead
 from nfaudio.models.pretrained import PretrainedWeightsError, load_backbone_weights
 from nfaudio.models.registry import ModelConfig, list_models
@@ -25,5 +25,6 @@ __all__ = [
     "load_backbone_weights",
     "load_checkpoint",
     "load_model",
+    "prediction_meta",
     "save_model",
 ]

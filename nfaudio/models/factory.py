@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from nfaudio.fileio import torch_save
 from nfaudio.models.classifier import AudioClassifier
 from nfaudio.models.registry import ModelConfig, resolve_config
 
-__all__ = ["create_model", "load_model", "save_model"]
+__all__ = ["create_model", "load_checkpoint", "load_model", "prediction_meta", "save_model"]
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
                     weights_only: bool = True) -> tuple[AudioClassifier, dict[str, Any]]:
     """Read a :func:`save_model` checkpoint once: the rebuilt model and the ``extra`` entries saved with it
-    (e.g. ``classes``, ``duration``, ``activation``, ``epoch``).
+    (e.g. ``epoch``, ``score``), with the prediction metadata of :func:`prediction_meta` filled in (``classes``,
+    ``duration``, ``activation``, ``sample_rate``, ``fmin``, ``fmax``). The one checkpoint loader of nfaudio.
 
     Args:
         path: checkpoint file.
@@ -159,4 +161,23 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model = AudioClassifier(ModelConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["state_dict"])
     extra = {k: v for k, v in ckpt.items() if k not in ("config", "state_dict")}
+    if not extra.get("classes"):
+        log.warning("%s stores no class names; calling them class_0..class_%d", path, model.num_classes - 1)
+    extra.update(prediction_meta(model, extra.get("classes"), extra.get("duration"), extra.get("activation")))
     return model.eval(), extra
+
+
+def prediction_meta(model: AudioClassifier, classes: Sequence[str] | None = None, duration: float | None = None,
+                    activation: str | None = None) -> dict[str, Any]:
+    """What scoring a model needs besides its weights: ``classes`` (default ``class_<i>``), ``duration`` (window
+    seconds, default 5), ``activation`` (default "sigmoid"), and the frontend's ``sample_rate``, ``fmin``, ``fmax``.
+
+    Raises:
+        ValueError: the number of class names differs from the model's outputs.
+    """
+    classes = [str(c) for c in classes] if classes else [f"class_{i}" for i in range(model.num_classes)]
+    if len(classes) != model.num_classes:
+        raise ValueError(f"{len(classes)} class names for a model with {model.num_classes} outputs")
+    fe = model.frontend
+    return {"classes": classes, "duration": float(duration or 5.0), "activation": activation or "sigmoid",
+            "sample_rate": int(fe.sample_rate), "fmin": float(fe.fmin), "fmax": float(fe.fmax)}

@@ -17,12 +17,12 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
+from nfaudio.config import HEADS, POOLINGS
+
 __all__ = [
     "HEADS", "LOCAL_BACKBONES", "NFAUDIO_VARIANTS", "POOLINGS", "ModelConfig", "list_models", "resolve_config",
 ]
 
-HEADS = ("sed", "pooled")
-POOLINGS = ("avg", "max", "avgmax", "gem")
 
 # Dict-valued fields: a variant's value is updated (not replaced) by a create_model override.
 _MERGED_FIELDS = ("frontend", "spec_augment", "backbone_kwargs")

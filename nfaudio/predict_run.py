@@ -1,16 +1,11 @@
-"""Prediction outputs and the crash-safe prediction run.
+"""The crash-safe prediction run behind ``nfaudio predict``: score every file, write the chosen outputs, resume.
 
-Converters from the prediction table (a DataFrame indexed by ``(file, start_s, end_s)``, one probability
-column per class) to each output format: :func:`to_submission` (BirdCLEF, ``row_id = <stem>_<end second>``),
-:func:`to_table` (wide), :func:`to_detections` (long: file, start_s, end_s, label, score above a threshold
-and/or top-k), :func:`to_raven` (Raven Pro selection table) and :func:`to_audacity` (label track).
-
-:func:`run_prediction` (``nfaudio predict``) streams results to disk. Each finished file's scores go to a
-journal in ``OUT/.nfaudio/`` (``run.json`` settings, ``journal.jsonl`` one line per finished file, ``parts/``
+:func:`run_prediction` streams results to disk. Each finished file's scores go to a journal in ``OUT/.nfaudio/``
+(``settings.json`` the settings that determine the scores, ``journal.jsonl`` one line per finished file, ``parts/``
 one ``.npz`` per file), and per-file Raven/Audacity tables are written right away. The combined outputs are
 assembled at the end, file by file in input order, so nothing is held for the whole run. After a crash (even
 ``kill -9``) the same command skips finished files and ends with byte-identical outputs. Every output file is
-written to a temporary name and renamed into place.
+written to a temporary name and renamed into place. The formats themselves are :mod:`nfaudio.formats`.
 """
 
 from __future__ import annotations
@@ -26,119 +21,35 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from nfaudio.fileio import TMP_SUFFIX, atomic_open
+from nfaudio.formats import (
+    FORMATS,
+    TABLE_FORMATS,
+    empty_output,
+    scores_frame,
+    to_audacity,
+    to_detections,
+    to_raven,
+    to_submission,
+    to_table,
+    write_rows,
+)
+from nfaudio.inputs import list_audio
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # type names only: the predictor imports this module, not the other way round
     from nfaudio.predict import FileResult, Predictor
 
-__all__ = ["FORMATS", "RAVEN_COLUMNS", "RunSummary", "run_prediction", "to_audacity", "to_detections", "to_raven",
-           "to_submission", "to_table"]
+__all__ = ["Journal", "RunConflictError", "RunSummary", "run_prediction"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("submission", "table", "detections", "raven", "audacity")
-TABLE_FORMATS = ("csv", "parquet")
-RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
-                 "High Freq (Hz)", "Species", "Confidence"]
-FLOAT_FORMAT = "%.6g"
-_JOURNAL_DIR = ".nfaudio"
+JOURNAL_DIR = ".nfaudio"
 _TMP = TMP_SUFFIX  # suffix of files being written; leftovers of a killed run are removed on the next
-
-
-# ----------------------------------------------------------------------------- converters
-def _fmt_seconds(values: Iterable[float]) -> list[str]:
-    """Times as short exact decimals: 5.0 -> "5", 7.25 -> "7.25" (microsecond resolution)."""
-    return [f"{v:.6f}".rstrip("0").rstrip(".") for v in values]
-
-
-def to_submission(scores: pd.DataFrame) -> pd.DataFrame:
-    """BirdCLEF submission: ``row_id = <file stem>_<end second>`` then the class columns in order.
-
-    Args:
-        scores: prediction table indexed by ``(file, start_s, end_s)``.
-    Returns:
-        DataFrame with ``row_id`` and one column per class (non-integral end times keep their decimals).
-    """
-    idx = scores.index
-    stems = [Path(f).stem for f in idx.get_level_values("file")]
-    ends = _fmt_seconds(idx.get_level_values("end_s").to_numpy(dtype=float))
-    out = scores.reset_index(drop=True)
-    out.insert(0, "row_id", [f"{s}_{e}" for s, e in zip(stems, ends)])
-    return out
-
-
-def to_table(scores: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: columns ``file, start_s, end_s`` then one probability column per class."""
-    return scores.reset_index()
-
-
-def to_detections(scores: pd.DataFrame, threshold: float = 0.5, top_k: int | None = None) -> pd.DataFrame:
-    """Long format ``file, start_s, end_s, label, score``: per window, the classes scoring ``>= threshold``
-    (and among them the ``top_k`` best when given), best first; windows in table order.
-
-    Raises:
-        ValueError: ``top_k < 1``.
-    """
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
-    values = scores.to_numpy(dtype=np.float32)
-    order = np.argsort(-values, axis=1, kind="stable")  # per window, best first; ties in class order
-    if top_k is not None:
-        order = order[:, :top_k]
-    ranked = np.take_along_axis(values, order, axis=1)
-    rows, ranks = np.nonzero(ranked >= threshold)
-    idx = scores.index
-    labels = np.asarray(scores.columns, dtype=object)[order[rows, ranks]]
-    return pd.DataFrame({"file": idx.get_level_values("file")[rows],
-                         "start_s": idx.get_level_values("start_s")[rows].to_numpy(dtype=float),
-                         "end_s": idx.get_level_values("end_s")[rows].to_numpy(dtype=float),
-                         "label": labels, "score": ranked[rows, ranks]})
-
-
-def to_raven(detections: pd.DataFrame, freq_range: tuple[float, float] = (0.0, 16000.0),
-             offsets: dict[str, float] | None = None) -> pd.DataFrame:
-    """Raven Pro selection table (one selection per detection, ``Selection`` numbered from 1).
-
-    Args:
-        detections: output of :func:`to_detections`.
-        freq_range: ``Low Freq (Hz)`` and ``High Freq (Hz)`` of every selection.
-        offsets: for a table spanning several files, each file's start time in the file sequence (the sum
-            of the durations before it); adds ``Begin Path`` and ``File Offset (s)`` and shifts the times.
-    """
-    n = len(detections)
-    start = detections["start_s"].to_numpy(dtype=float)
-    shift = np.array([offsets[f] for f in detections["file"]], dtype=float) if offsets is not None else 0.0
-    out = pd.DataFrame({"Selection": np.arange(1, n + 1), "View": ["Spectrogram 1"] * n, "Channel": np.ones(n, int),
-                        "Begin Time (s)": start + shift,
-                        "End Time (s)": detections["end_s"].to_numpy(dtype=float) + shift,
-                        "Low Freq (Hz)": np.full(n, float(freq_range[0])),
-                        "High Freq (Hz)": np.full(n, float(freq_range[1])),
-                        "Species": detections["label"].to_numpy(), "Confidence": detections["score"].to_numpy()})
-    if offsets is not None:
-        out["Begin Path"] = [str(Path(f).resolve()) for f in detections["file"]]
-        out["File Offset (s)"] = start
-    return out
-
-
-def to_audacity(detections: pd.DataFrame) -> pd.DataFrame:
-    """Audacity label track rows ``start, end, label`` with ``label = "<class> (<score>)"``."""
-    return pd.DataFrame({"start": detections["start_s"].to_numpy(dtype=float),
-                         "end": detections["end_s"].to_numpy(dtype=float),
-                         "label": [f"{c} ({s:.3f})" for c, s in zip(detections["label"], detections["score"])]})
-
-
-def _write(df: pd.DataFrame, fh: IO[str], header: bool = True, sep: str = ",") -> None:
-    """CSV/TSV rows with times as exact decimals and scores with :data:`FLOAT_FORMAT`."""
-    df = df.copy()
-    for col in ("start_s", "end_s", "Begin Time (s)", "End Time (s)", "File Offset (s)", "start", "end"):
-        if col in df.columns:
-            df[col] = _fmt_seconds(df[col])
-    df.to_csv(fh, sep=sep, index=False, header=header, float_format=FLOAT_FORMAT, lineterminator="\n")
 
 
 class _Output:
@@ -150,11 +61,10 @@ class _Output:
         self.first = True
 
     def write(self, df: pd.DataFrame, sep: str = ",") -> None:
-        _write(df, self.fh, header=self.first, sep=sep)
+        write_rows(df, self.fh, header=self.first, sep=sep)
         self.first = False
 
 
-# ----------------------------------------------------------------------------- journal
 class RunConflictError(ValueError):
     """The output folder holds an unfinished or finished run made with other settings."""
 
@@ -185,7 +95,7 @@ class Journal:
         except OSError as err:
             self._lock.close()
             raise RunConflictError(f"another run is writing to {root.parent}") from err
-        settings, path = root / "run.json", root / "journal.jsonl"
+        settings, path = root / "settings.json", root / "journal.jsonl"
         if overwrite:
             for old in (settings, path, root / "outputs.json"):
                 old.unlink(missing_ok=True)
@@ -236,7 +146,6 @@ def _key(path: Path) -> str:
     return str(path.resolve())
 
 
-# ----------------------------------------------------------------------------- the run
 @dataclass
 class RunSummary:
     """What :func:`run_prediction` did. ``audio_seconds``/``seconds`` cover the files scored in this call."""
@@ -279,9 +188,9 @@ def _write_per_file(out_dir: Path, name: str, detections: pd.DataFrame, formats:
         if fmt in formats and not (only_missing and path.exists()):
             with atomic_open(path) as fh:
                 if fmt == "raven":
-                    _write(to_raven(detections, freq_range), fh, sep="\t")
+                    write_rows(to_raven(detections, freq_range), fh, sep="\t")
                 else:
-                    _write(to_audacity(detections), fh, header=False, sep="\t")
+                    write_rows(to_audacity(detections), fh, header=False, sep="\t")
 
 
 def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
@@ -298,7 +207,7 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
 
     Args:
         predictor: the :class:`~nfaudio.predict.Predictor`.
-        inputs: files, folders and manifests (:func:`~nfaudio.predict.list_audio`).
+        inputs: files, folders and manifests (:func:`~nfaudio.inputs.list_audio`).
         out_dir: output folder (created).
         formats: any of :data:`FORMATS`.
         table_format: "csv" or "parquet" (needs pyarrow) for the wide table.
@@ -315,9 +224,7 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
         ValueError: unknown format, no audio files, missing parquet engine.
         RunConflictError: ``out_dir`` holds a run with other settings.
     """
-    from tqdm.auto import tqdm
-
-    from nfaudio.predict import list_audio
+    from tqdm.auto import tqdm  # deferred: only a run needs the progress bar
 
     bad = sorted(set(formats) - set(FORMATS))
     if bad or table_format not in TABLE_FORMATS:
@@ -329,7 +236,7 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
         raise ValueError("no audio files in the inputs")
     out_dir = Path(out_dir)
     names = _per_file_names(files)
-    journal = Journal(out_dir / _JOURNAL_DIR, predictor.fingerprint(), overwrite)
+    journal = Journal(out_dir / JOURNAL_DIR, predictor.fingerprint(), overwrite)
     for stale in out_dir.rglob("*" + _TMP):  # half-written files of a killed run (the journal lock is ours)
         stale.unlink()
     opts_path = journal.root / "outputs.json"
@@ -379,8 +286,6 @@ def _finalize(predictor: Predictor, files: Sequence[Path], journal: Journal, err
               names: dict[str, str], out_dir: Path, formats: Sequence[str], table_format: str, threshold: float,
               top_k: int | None) -> list[Path]:
     """Assemble the combined outputs from the journal, one file at a time in input order."""
-    from nfaudio.predict import FileResult
-
     classes = predictor.classes
     written: list[Path] = []
     offset = 0.0
@@ -399,7 +304,7 @@ def _finalize(predictor: Predictor, files: Sequence[Path], journal: Journal, err
             if key not in journal.done:
                 continue
             starts, ends, scores = journal.load(key)
-            frame = FileResult(f, 0, starts, ends, scores, 0.0).to_frame(classes)
+            frame = scores_frame(f, starts, ends, scores, classes)
             if f.stem in dupes and dupes[f.stem] != key and "submission" in formats:
                 log.warning("%s and %s share the stem %r: their submission row_ids collide", dupes[f.stem], key,
                             f.stem)
@@ -422,19 +327,12 @@ def _finalize(predictor: Predictor, files: Sequence[Path], journal: Journal, err
             offset += float(journal.done[key]["duration"])
         for o in out.values():
             if o.first:  # no file scored: still write the header
-                o.write(_empty(o.path.name, classes), sep="\t" if o.path.suffix == ".txt" else ",")
+                o.write(empty_output(o.path.name, classes), sep="\t" if o.path.suffix == ".txt" else ",")
         written = [o.path for o in out.values()] + ([parquet.path] if parquet is not None else [])
     err = pd.DataFrame([(str(f), errors[_key(f)]) for f in files if _key(f) in errors], columns=["file", "reason"])
     with atomic_open(out_dir / "errors.csv") as fh:
-        _write(err, fh)
+        write_rows(err, fh)
     return [*written, out_dir / "errors.csv"]
-
-
-def _empty(name: str, classes: Sequence[str]) -> pd.DataFrame:
-    columns = {"submission.csv": ["row_id", *classes], "scores.csv": ["file", "start_s", "end_s", *classes],
-               "detections.csv": ["file", "start_s", "end_s", "label", "score"],
-               "raven_selections.txt": [*RAVEN_COLUMNS, "Begin Path", "File Offset (s)"]}[name]
-    return pd.DataFrame(columns=columns)
 
 
 class _ParquetTable:

@@ -1,4 +1,4 @@
-"""Spectrogram frontend: waveform -> log-mel (dB) image, plus SpecAugment.
+"""Log-mel frontend: waveform -> log-mel (dB) image, with interchangeable STFT strategies.
 
 The frontend lives inside the model (as in PANNs, Kong et al. 2020), so training, evaluation,
 prediction and the exported ONNX graph all see audio the same way and run on the model's device.
@@ -6,24 +6,28 @@ prediction and the exported ONNX graph all see audio the same way and run on the
 ``LogMel`` reproduces ``librosa.feature.melspectrogram`` (Slaney mel scale, Slaney area
 normalisation, Hann window) followed by ``librosa.power_to_db`` to within 1e-3 dB in float32
 (see the class docstring for the precision note).
-``SpecAugment`` implements the time and frequency masking of Park et al. 2019, "SpecAugment:
-A Simple Data Augmentation Method for Automatic Speech Recognition".
+STFT strategies (``stft=``): "fft" (training and torch inference), "conv" (a strided conv1d) and "matmul"
+(two small DFT matrix products, :mod:`nfaudio.frontend.matmul`: the graph ONNX export writes, several times
+faster in onnxruntime/OpenVINO than the ONNX ``STFT`` op). All give the same values within float rounding.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["LogMel", "SpecAugment"]
+from nfaudio.config import NORMALIZE
+from nfaudio.frontend.matmul import MatmulSTFT
 
-_NORMALIZE = ("none", "per_clip", "fixed")
+__all__ = ["STFT_STRATEGIES", "LogMel"]
+
 _PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
-_STFT = ("fft", "conv")
+STFT_STRATEGIES = ("fft", "conv", "matmul")
 
 
 def _mel_bands(mel_fb: torch.Tensor, group: int = 16) -> list[tuple[int, int, int, int]]:
@@ -80,6 +84,8 @@ class LogMel(nn.Module):
             ``STFT`` op. "conv" uses a strided ``conv1d`` with a windowed DFT basis buffer: exports to
             any opset/runtime that has ``Conv`` and keeps working if ``stft(return_complex=False)``
             is removed from torch, but is several times slower on CPU (see benchmarks/frontend.py).
+            "matmul" computes the DFT as two small matrix products (:class:`~nfaudio.frontend.matmul.MatmulSTFT`);
+            it is what :func:`nfaudio.export.export_onnx` writes into the ONNX graph.
 
     Shape:
         input ``(B, T)`` float waveform; output ``(B, 1, n_mels, n_frames(T))``.
@@ -139,12 +145,12 @@ class LogMel(nn.Module):
             raise ValueError(f"amin and ref must be > 0, got amin={amin}, ref={ref}")
         if pad_mode not in _PAD_MODES:
             raise ValueError(f"pad_mode must be one of {sorted(_PAD_MODES)}, got {pad_mode!r}")
-        if normalize not in _NORMALIZE:
-            raise ValueError(f"normalize must be one of {_NORMALIZE}, got {normalize!r}")
+        if normalize not in NORMALIZE:
+            raise ValueError(f"normalize must be one of {NORMALIZE}, got {normalize!r}")
         if normalize == "fixed" and std <= 0:
             raise ValueError(f"std must be > 0 for normalize='fixed', got {std}")
-        if stft not in _STFT:
-            raise ValueError(f"stft must be one of {_STFT}, got {stft!r}")
+        if stft not in STFT_STRATEGIES:
+            raise ValueError(f"stft must be one of {STFT_STRATEGIES}, got {stft!r}")
 
         self.sample_rate = int(sample_rate)
         self.n_fft = int(n_fft)
@@ -178,6 +184,7 @@ class LogMel(nn.Module):
         # derived, not saved: each filter's weights repeated for the (re^2, im^2) columns of the fast path
         self.register_buffer("mel_fb2", self.mel_fb.repeat_interleave(2, dim=1), persistent=False)
         self._mel_bands = _mel_bands(self.mel_fb)
+        self.matmul = MatmulSTFT(self.n_fft, self.hop_length, self.window, self.mel_fb) if stft == "matmul" else None
         if stft == "conv":
             n_bins = self.n_fft // 2 + 1
             k = torch.arange(n_bins, dtype=torch.float64)[:, None]
@@ -188,6 +195,17 @@ class LogMel(nn.Module):
             self.register_buffer("dft_basis", basis[:, None, :].float())  # (2 * n_bins, 1, n_fft)
         else:
             self.register_buffer("dft_basis", None)
+
+    def settings(self) -> dict[str, Any]:
+        """The constructor arguments of this frontend (``LogMel(**fe.settings())`` rebuilds it)."""
+        names = ("sample_rate", "n_fft", "hop_length", "win_length", "n_mels", "fmin", "fmax", "power", "top_db",
+                 "amin", "ref", "center", "pad_mode", "normalize", "mean", "std", "eps", "stft")
+        return {name: getattr(self, name) for name in names}
+
+    def with_stft(self, stft: str) -> LogMel:
+        """The same frontend computing its STFT with another strategy (a new module; ``self`` is unchanged)."""
+        other = LogMel(**{**self.settings(), "stft": stft})
+        return other.to(device=self.window.device)
 
     def n_frames(self, num_samples: int) -> int:
         """Number of output frames for an input of ``num_samples`` samples."""
@@ -211,6 +229,8 @@ class LogMel(nn.Module):
         if self.center:
             pad = self.n_fft // 2
             x = F.pad(x[:, None, :], (pad, pad), mode=_PAD_MODES[self.pad_mode])[:, 0]  # (B, T + n_fft)
+        if self.matmul is not None:
+            return self.matmul.mel(x, self._magnitude)  # (B, frames, n_mels)
         window = self.window.to(x.dtype)
         fb, k = self.mel_fb, 1  # spec @ fb.T; k = spec columns per FFT bin
         if self.dft_basis is not None:
@@ -284,87 +304,3 @@ class LogMel(nn.Module):
         if self.normalize == "fixed":
             s += f", mean={self.mean}, std={self.std}"
         return s + f", stft={self.stft!r}"
-
-
-class SpecAugment(nn.Module):
-    """Frequency and time masking (Park et al. 2019); identity in eval mode.
-
-    Each example is augmented with probability ``p``. An augmented example gets ``freq_masks``
-    bands of ``[0, freq_width]`` mel bins and ``time_masks`` spans of ``[0, time_width]`` frames
-    (widths and starts drawn uniformly, clipped to the spectrogram), filled with the example's
-    minimum (``fill="min"``, the top_db floor for a log-mel) or mean (``fill="mean"``).
-
-    Args:
-        freq_masks: number of frequency masks per example.
-        freq_width: maximum width of a frequency mask in bins.
-        time_masks: number of time masks per example.
-        time_width: maximum width of a time mask in frames.
-        p: probability that an example is augmented.
-        fill: "min" or "mean" of each example.
-        generator: optional CPU ``torch.Generator`` for reproducible masks (a ``generator`` passed
-            to ``forward`` takes precedence).
-
-    Shape:
-        input and output ``(B, 1, F, T)``.
-
-    Raises:
-        ValueError: on a negative count/width, ``p`` outside [0, 1] or an unknown ``fill``.
-    """
-
-    def __init__(
-        self,
-        freq_masks: int = 2,
-        freq_width: int = 16,
-        time_masks: int = 2,
-        time_width: int = 32,
-        p: float = 1.0,
-        fill: str = "min",
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        if min(freq_masks, freq_width, time_masks, time_width) < 0:
-            raise ValueError("mask counts and widths must be >= 0")
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p must be in [0, 1], got {p}")
-        if fill not in ("min", "mean"):
-            raise ValueError(f"fill must be 'min' or 'mean', got {fill!r}")
-        self.freq_masks = int(freq_masks)
-        self.freq_width = int(freq_width)
-        self.time_masks = int(time_masks)
-        self.time_width = int(time_width)
-        self.p = float(p)
-        self.fill = fill
-        self.generator = generator
-
-    def _masks(self, batch: int, size: int, count: int, width: int, g: torch.Generator | None) -> torch.Tensor:
-        """Boolean mask (B, size): union of ``count`` random spans of width in [0, width]."""
-        if count == 0 or width == 0:
-            return torch.zeros(batch, size, dtype=torch.bool)
-        w = torch.randint(0, min(width, size) + 1, (batch, count), generator=g)
-        start = (torch.rand(batch, count, generator=g) * (size - w + 1)).long()
-        pos = torch.arange(size)[None, None, :]
-        inside = (pos >= start[..., None]) & (pos < (start + w)[..., None])  # (B, count, size)
-        return inside.any(dim=1)
-
-    def forward(self, spec: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Args: spec ``(B, 1, F, T)``; generator overrides ``self.generator``. Returns the masked copy."""
-        if not self.training or self.p == 0.0:
-            return spec
-        if spec.dim() != 4:
-            raise ValueError(f"SpecAugment expects (B, 1, F, T), got shape {tuple(spec.shape)}")
-        g = generator if generator is not None else self.generator
-        b, _, n_freq, n_time = spec.shape
-        apply = torch.rand(b, generator=g) < self.p  # (B,)
-        fmask = self._masks(b, n_freq, self.freq_masks, self.freq_width, g)  # (B, F)
-        tmask = self._masks(b, n_time, self.time_masks, self.time_width, g)  # (B, T)
-        mask = (fmask[:, :, None] | tmask[:, None, :]) & apply[:, None, None]  # (B, F, T)
-        mask = mask[:, None].to(spec.device)  # (B, 1, F, T)
-        if self.fill == "min":
-            value = spec.amin(dim=(1, 2, 3), keepdim=True)
-        else:
-            value = spec.mean(dim=(1, 2, 3), keepdim=True)
-        return torch.where(mask, value.detach(), spec)
-
-    def extra_repr(self) -> str:
-        return (f"freq_masks={self.freq_masks}, freq_width={self.freq_width}, time_masks={self.time_masks}, "
-                f"time_width={self.time_width}, p={self.p}, fill={self.fill!r}")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("bce", "focal", "ce")
+from nfaudio.config import LOSSES
 
 
 def focal_bce_with_logits(
