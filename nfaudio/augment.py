@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfaudio.config import MIXUP_RULES, NOISE_COLORS
+from nfaudio.choices import MIXUP_RULES, NOISE_COLORS
 
 __all__ = [
     "AddNoise", "BackgroundNoise", "Compose", "Gain", "Mixup", "OneOf", "TimeShift", "Transform",

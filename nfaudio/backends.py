@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfaudio.config import BACKENDS, PRECISIONS
+from nfaudio.choices import BACKENDS, PRECISIONS
 from nfaudio.runtime import eval_mode, module_device, resolve_device, same_device
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer",

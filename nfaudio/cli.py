@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 
 from nfaudio import __version__
-from nfaudio.config import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS, PredictConfig
+from nfaudio.choices import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS
+from nfaudio.config import PredictConfig
+
+__all__ = ["PREDICT_RUN_FLAGS", "build_parser", "main", "predict_settings"]
 
 log = logging.getLogger("nfaudio")
 
@@ -108,7 +111,7 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from nfaudio.config import load_config
-    from nfaudio.train import train_from_config
+    from nfaudio.training import train_from_config
 
     if args.recipe is None:
         raise _UsageError("train needs --recipe RECIPE.yaml")

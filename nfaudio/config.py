@@ -9,51 +9,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from nfaudio.choices import CHOICES, PATH_KEYS
 from nfaudio.fileio import write_text
+from nfaudio.schema import ConfigError, build, plain
 
-
-class ConfigError(ValueError):
-    """A recipe or override that does not fit the config tree."""
-
-
-# The valid values of every choice key: the one source of truth, imported by the modules that implement them,
-# checked when a config is built (so a typo fails before any data is read).
-DATA_KINDS = ("auto", "birdclef", "folder", "csv")
-CROPS = ("random", "start", "center")
-NORMALIZE = ("none", "per_clip", "fixed")
-NOISE_COLORS = ("white", "pink")
-MIXUP_RULES = ("weighted", "max")
-HEADS = ("sed", "pooled")
-POOLINGS = ("avg", "max", "avgmax", "gem")
-LOSSES = ("bce", "focal", "ce")
-OPTIMIZERS = ("sgd", "adamw")
-SELECT = ("best", "last")
-METRIC_NAMES = ("padded_cmap", "macro_auc", "map", "accuracy", "row_wise_micro_f1")
-FOLD_STRATEGIES = ("stratified", "group", "logo", "predefined")
-LAST_POLICIES = ("pad", "drop", "shift")
-BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
-FORMATS = ("submission", "table", "detections", "raven", "audacity")
-TABLE_FORMATS = ("csv", "parquet")
-
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.kind": DATA_KINDS, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,
-    "augment.noise_color": NOISE_COLORS, "augment.mixup_rule": MIXUP_RULES, "model.head": HEADS,
-    "model.pooling": POOLINGS, "loss.name": LOSSES, "optim.name": OPTIMIZERS, "train.select": SELECT,
-    "train.metric": METRIC_NAMES, "cv.strategy": FOLD_STRATEGIES, "predict.last": LAST_POLICIES,
-    "predict.backend": BACKENDS, "predict.precision": PRECISIONS, "predict.formats": FORMATS,
-    "predict.table_format": TABLE_FORMATS,
-}
-# Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
-PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files")
+__all__ = ["Config", "ConfigError", "apply_overrides", "check_choices", "dump_config", "from_dict", "load_config",
+           "parse_override"]
 
 
 @dataclass
@@ -258,90 +225,12 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (tuples become lists), suitable for YAML."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
     @property
     def activation(self) -> str:
         """The output activation the loss implies: "softmax" for ``ce`` (single-label), else "sigmoid"."""
         return "softmax" if self.loss.name == "ce" else "sigmoid"
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _unknown(key: str, known: list[str], where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(sorted(known))}"
-    return ConfigError(f"unknown key '{where}{key}'{hint}")
-
-
-def _coerce(value: Any, tp: Any, name: str) -> Any:
-    """Check/convert a YAML value against a dataclass field type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, name)
-            except ConfigError:
-                continue
-        raise ConfigError(f"'{name}': {value!r} does not fit {tp}")
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"'{name}' must be a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_coerce(v, item, name) for v in value]
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ConfigError(f"'{name}' must be a list of {len(args)} values, got {value!r}")
-        return tuple(_coerce(v, a, name) for v, a in zip(value, args))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"'{name}' must be true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"'{name}' must be an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # PyYAML reads 3e-3 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"'{name}' must be a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"'{name}' must be a string, got {value!r}")
-    return value
-
-
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    if not isinstance(values, dict):
-        raise ConfigError(f"section '{where.rstrip('.') or 'root'}' must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise _unknown(str(key), list(fields), where)
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value or {}, f"{where}{key}.")
-        else:
-            kwargs[key] = _coerce(value, tp, f"{where}{key}")
-    return cls(**kwargs)
 
 
 def from_dict(values: dict[str, Any] | None) -> Config:
@@ -351,7 +240,7 @@ def from_dict(values: dict[str, Any] | None) -> Config:
         ConfigError: unknown key (named, with its closest match), a value of the wrong type, or a choice key
             (:data:`CHOICES`) whose value is not one of its valid values (named, with the closest one).
     """
-    cfg = _build(Config, values or {}, "")
+    cfg = build(Config, values or {}, "")
     check_choices(cfg)
     return cfg
 
@@ -387,7 +276,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Return a copy of ``values`` with dotted overrides applied (validated when built)."""
-    out = _plain(values or {})
+    out = plain(values or {})
     for text in overrides:
         key, value = parse_override(text)
         node = out

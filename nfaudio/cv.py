@@ -25,7 +25,7 @@ from nfaudio.folds import run_folds
 from nfaudio.metrics import accuracy, get_metric
 from nfaudio.rundir import RunDir
 from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
-from nfaudio.train import ClipFrameLoss, check_model, evaluate, fit
+from nfaudio.training import ClipFrameLoss, check_model, evaluate, fit
 
 __all__ = ["cv_metrics", "predict_oof", "run_cv"]
 

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from nfaudio import audio
 from nfaudio.audio import AudioError
-from nfaudio.config import CROPS, Config, ConfigError
+from nfaudio.choices import CROPS
+from nfaudio.config import Config, ConfigError
 from nfaudio.manifest import (  # noqa: F401 - re-exported: data.py is the public entry point
     BASE_COLUMNS,
     BIRDCLEF_METADATA,
@@ -32,6 +33,9 @@ from nfaudio.manifest import (  # noqa: F401 - re-exported: data.py is the publi
     read_csv_manifest,
     read_folder,
 )
+
+__all__ = ["AudioDataset", "class_balanced_weights", "encode_targets", "load_data", "make_sampler", "rating_weights",
+           "split_train_val", "validate_manifest"]
 
 logger = logging.getLogger(__name__)
 

@@ -20,6 +20,8 @@ import numpy as np
 
 from nfaudio.audio import AudioError, info, shifted_windows, stream_windows
 
+__all__ = ["DecodeSpec", "iter_decoded"]
+
 log = logging.getLogger(__name__)
 
 

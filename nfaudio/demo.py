@@ -24,6 +24,8 @@ from nfaudio.predict import Predictor
 from nfaudio.predict_run import run_prediction
 from nfaudio.synth import SynthConfig, generate_dataset
 
+__all__ = ["DEMO_MODEL", "demo_config", "run_demo"]
+
 log = logging.getLogger(__name__)
 
 DEMO_MODEL = "nfaudio_small"

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+__all__ = ["TMP_SUFFIX", "atomic_open", "atomic_path", "torch_save", "write_csv", "write_json", "write_text"]
+
 TMP_SUFFIX = ".nfaudio-tmp"  # files being written; a leftover one is from a killed job
 
 

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 from sklearn.model_selection import LeaveOneGroupOut, StratifiedGroupKFold, StratifiedKFold
 
-from nfaudio.config import FOLD_STRATEGIES as STRATEGIES
+from nfaudio.choices import FOLD_STRATEGIES as STRATEGIES
 from nfaudio.config import Config
 from nfaudio.manifest import Manifest
 from nfaudio.rundir import RunDir

@@ -17,7 +17,7 @@ from typing import IO
 import numpy as np
 import pandas as pd
 
-from nfaudio.config import FORMATS, TABLE_FORMATS
+from nfaudio.choices import FORMATS, TABLE_FORMATS
 
 __all__ = ["FLOAT_FORMAT", "FORMATS", "RAVEN_COLUMNS", "TABLE_FORMATS", "empty_output", "format_seconds",
            "row_id", "scores_frame", "to_audacity", "to_detections", "to_raven", "to_submission", "to_table",

@@ -33,6 +33,9 @@ from nfaudio.audio import AUDIO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["BASE_COLUMNS", "BIRDCLEF_AUDIO_DIRS", "BIRDCLEF_METADATA", "Manifest", "ManifestError", "detect_kind",
+           "load_manifest", "read_birdclef", "read_csv_manifest", "read_folder"]
+
 BASE_COLUMNS = ("row_id", "path", "primary_label", "labels", "secondary_labels", "rating", "group", "fold")
 BIRDCLEF_METADATA = ("train_metadata.csv", "train.csv")
 BIRDCLEF_AUDIO_DIRS = ("train_audio", "train_short_audio")  # 2021 used train_short_audio/

@@ -33,6 +33,7 @@ import torch
 
 from nfaudio.audio import AudioError
 from nfaudio.backends import BACKENDS, OnnxScorer, OpenVinoScorer, Scorer, TorchScorer, require
+from nfaudio.choices import LAST_POLICIES
 from nfaudio.config import PredictConfig
 from nfaudio.decode import DecodeSpec, iter_decoded
 from nfaudio.export import export_onnx, read_onnx_metadata
@@ -153,8 +154,8 @@ class Predictor:
         self.sources = [Path(s) for s in sources]
         if self.window <= 0 or self.hop <= 0 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("window, hop and batch_size must be positive and num_workers >= 0")
-        if last not in ("pad", "drop", "shift"):
-            raise ValueError(f"last must be 'pad', 'drop' or 'shift', got {last!r}")
+        if last not in LAST_POLICIES:
+            raise ValueError(f"last must be one of {LAST_POLICIES}, got {last!r}")
         if self.tta_shifts and not (max(map(abs, self.tta_shifts)) <= self.hop <= self.window):
             raise ValueError(f"TTA shifts need |shift| <= hop <= window, got shifts {self.tta_shifts}, "
                              f"hop {self.hop}, window {self.window}")

@@ -35,7 +35,7 @@ def tiny_recipe(root, **sections):
 def recipe_model(num_classes: int, frontend: dict, seed: int = 0, duration: float = 1.0):
     """A model the way users get one: built from a recipe with SpecAugment (always on in training), head dropout
     and drop-path, then trained for one optimizer step. Returned in training mode, as a training loop leaves it."""
-    from nfaudio.train import ClipFrameLoss, build_model, build_optimizer
+    from nfaudio.training import ClipFrameLoss, build_model, build_optimizer
 
     frontend = dict(frontend)
     sample_rate = frontend.pop("sample_rate")

@@ -86,3 +86,62 @@ def test_demo_into_a_folder_of_other_files_is_a_one_line_error(tmp_path, capsys)
     assert len(err) == 1
     assert "nfaudio demo: error:" in err[0]
     assert (data / "precious.txt").read_text() == "not a synthetic dataset"
+
+
+def test_a_typo_in_a_choice_fails_before_any_data_is_read(tmp_path, capsys):
+    # the data root does not exist: an error about the choice proves the config was checked before the data
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data:\n  kind: birdclef\n  root: {tmp_path / 'nowhere'}\n")
+    for command in ("train", "cv"):
+        argv = [command, "--recipe", str(recipe), "--set", "train.select=bset", "--out", str(tmp_path / "run")]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"nfaudio {command}: error: 'train.select' cannot be 'bset'; did you mean 'best'? "
+                       f"valid values: best, last in {recipe}"]
+    assert not (tmp_path / "run").exists()
+
+
+def _dests(command: str) -> set[str]:
+    from nfaudio.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    return {a.dest for a in sub._actions if a.dest != "help"}
+
+
+def test_predict_flags_recipe_keys_and_python_api_do_not_drift():
+    import dataclasses
+    import inspect
+
+    from nfaudio.cli import PREDICT_RUN_FLAGS
+    from nfaudio.config import PredictConfig
+    from nfaudio.predict import Predictor, output_options, predictor_options
+    from nfaudio.predict_run import run_prediction
+
+    keys = {f.name for f in dataclasses.fields(PredictConfig)}
+    assert _dests("predict") - set(PREDICT_RUN_FLAGS) == keys  # every flag is a recipe key and back
+    # every key reaches the Python API: changing any one key changes the keyword arguments it maps to
+    base = {**predictor_options(PredictConfig(window=5.0)), **output_options(PredictConfig(window=5.0))}
+    changed = {"window": 4.0, "hop": 2.0, "overlap": 1.0, "batch_size": 7, "last": "drop", "tta_shift": 1.0,
+               "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "device": "cpu", "threads": 3,
+               "workers": 3, "min_duration": 1.0, "formats": ["raven"], "table_format": "parquet",
+               "threshold": 0.1, "top_k": 2}
+    assert set(changed) == keys
+    for key, value in changed.items():
+        other = PredictConfig(**{"window": 5.0, key: value})
+        assert {**predictor_options(other), **output_options(other)} != base, key
+    accepted = (set(inspect.signature(Predictor.from_checkpoint).parameters)
+                | set(inspect.signature(Predictor.__init__).parameters)
+                | set(inspect.signature(run_prediction).parameters))
+    assert set(base) <= accepted
+
+
+def test_train_and_cv_flags_match_the_python_api():
+    import inspect
+
+    from nfaudio.cv import run_cv
+    from nfaudio.training import train_from_config
+
+    common = {"recipe", "overrides", "out"}  # -> load_config(recipe, overrides) and out_dir
+    assert _dests("train") - common == {"resume"} <= set(inspect.signature(train_from_config).parameters)
+    assert _dests("cv") - common == {"folds", "full"} <= set(inspect.signature(run_cv).parameters)

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nfaudio.train.losses import ClipFrameLoss, focal_bce_with_logits
+from nfaudio.training.losses import ClipFrameLoss, focal_bce_with_logits
 
 
 def test_bce_clip_plus_max_frame_matches_hand_computation():

@@ -22,12 +22,13 @@ import soundfile as sf
 import torch
 import yaml
 
-from nfaudio.config import LOSSES, Config, load_config
+from nfaudio.choices import LOSSES
+from nfaudio.config import Config, load_config
 from nfaudio.data import read_csv_manifest
 from nfaudio.folds import STRATEGIES, assign_folds
 from nfaudio.metrics import METRICS, accuracy
 from nfaudio.models import list_models, load_model
-from nfaudio.train import build_augment, build_model
+from nfaudio.training import build_augment, build_model
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
@@ -223,7 +224,7 @@ def _smoke_overrides(cfg: Config, tmp_path: Path, birdclef_root: Path) -> list[s
 # ------------------------------------------------------------------------------------------- smoke runs
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_trains_one_step(recipe, tmp_path, birdclef_root):
-    from nfaudio.train import train_from_config
+    from nfaudio.training import train_from_config
 
     cfg = load_config(recipe)
     cfg = load_config(recipe, _smoke_overrides(cfg, tmp_path, birdclef_root))

@@ -8,10 +8,10 @@ from conftest import tiny_recipe
 
 from nfaudio.data import read_birdclef
 from nfaudio.models import load_checkpoint, load_model
-from nfaudio.train import build_model, build_optimizer, fit, train_from_config
-from nfaudio.train import loggers as train_loggers
-from nfaudio.train import state as train_state
-from nfaudio.train.build import cosine_lambda, is_normalizer_free
+from nfaudio.training import build_model, build_optimizer, fit, train_from_config
+from nfaudio.training import loggers as train_loggers
+from nfaudio.training import state as train_state
+from nfaudio.training.build import cosine_lambda, is_normalizer_free
 
 
 def _split(root):

@@ -21,7 +21,7 @@ import numpy as np
 import soxr
 
 from nfaudio.audio.io import _RESAMPLE_QUALITY, AudioError, _check_file, _open, _read_at, info, load, to_mono
-from nfaudio.config import CROPS, LAST_POLICIES
+from nfaudio.choices import CROPS, LAST_POLICIES
 
 __all__ = ["center_crop", "fix_length", "frame_windows", "random_crop", "read_crop", "shifted_windows",
            "stream_windows", "window_starts"]

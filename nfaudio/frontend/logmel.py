@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfaudio.config import NORMALIZE
+from nfaudio.choices import NORMALIZE
 from nfaudio.frontend.matmul import MatmulSTFT
 
 __all__ = ["STFT_STRATEGIES", "LogMel"]

@@ -17,7 +17,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any
 
-from nfaudio.config import HEADS, POOLINGS
+from nfaudio.choices import HEADS, POOLINGS
 
 __all__ = [
     "HEADS", "LOCAL_BACKBONES", "NFAUDIO_VARIANTS", "POOLINGS", "ModelConfig", "list_models", "resolve_config",

@@ -19,6 +19,7 @@ import pandas as pd
 import soundfile as sf
 
 from nfaudio.fileio import atomic_path, write_csv, write_json
+from nfaudio.formats import row_id
 from nfaudio.synth.calls import SPECIES, NoiseProfile, events_to_labels, make_clip, make_soundscape
 
 __all__ = ["SYNTH_VERSION", "SynthConfig", "SynthDataset", "generate_dataset"]
@@ -231,7 +232,7 @@ def generate_dataset(root: str | Path, config: SynthConfig = SynthConfig(),  # n
                                     noise=_noise_profile(rng, config.hum_prob))
         _write_ogg(root / "test_soundscapes" / f"{stem}.ogg", y, sr)
         tables.append(events_to_labels(events, classes, config.soundscape_seconds, win))
-        row_ids += [f"{stem}_{(w + 1) * win:g}" for w in range(len(tables[-1]))]
+        row_ids += [row_id(stem, (w + 1) * win) for w in range(len(tables[-1]))]
         event_rows += [(stem, round(e.start, 6), round(e.end, 6), e.label) for e in events]
     table, ids = np.concatenate(tables), pd.DataFrame({"row_id": row_ids})
     _write_csv(pd.DataFrame(rows), dataset.metadata)

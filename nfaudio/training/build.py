@@ -4,6 +4,7 @@ optimizer and the learning-rate schedule. ``nfaudio train``, ``nfaudio cv`` and 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -12,8 +13,12 @@ import torch
 from torch import nn
 
 from nfaudio.augment import AddNoise, BackgroundNoise, Compose, Gain, TimeShift
-from nfaudio.config import OPTIMIZERS, Config
+from nfaudio.choices import OPTIMIZERS
+from nfaudio.config import Config
 from nfaudio.models import AudioClassifier, create_model
+from nfaudio.models.registry import NFAUDIO_VARIANTS
+
+log = logging.getLogger(__name__)
 
 __all__ = ["build_augment", "build_model", "build_optimizer", "check_model", "cosine_lambda", "frontend_kwargs",
            "is_normalizer_free"]
@@ -35,6 +40,11 @@ def build_model(cfg: Config, num_classes: int) -> AudioClassifier:
     if aug.specaug_p > 0:
         spec_augment = dict(freq_masks=aug.specaug_masks, freq_width=aug.specaug_freq_width,
                             time_masks=aug.specaug_masks, time_width=aug.specaug_time_width, p=aug.specaug_p)
+    row = NFAUDIO_VARIANTS.get(m.name, {})
+    replaced = [key for key in ("frontend", "spec_augment") if key in row]
+    if replaced:
+        log.info("%s: the recipe's frontend and SpecAugment settings replace the variant's %s", m.name,
+                 " and ".join(replaced))
     return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, head=m.head,
                         frontend=frontend_kwargs(cfg), spec_augment=spec_augment, **_model_options(cfg))
 

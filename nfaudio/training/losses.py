@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nfaudio.config import LOSSES
+from nfaudio.choices import LOSSES
+
+__all__ = ["ClipFrameLoss", "focal_bce_with_logits"]
 
 
 def focal_bce_with_logits(

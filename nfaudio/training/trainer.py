@@ -30,7 +30,7 @@ from nfaudio.metrics import get_metric
 from nfaudio.models import save_model
 from nfaudio.rundir import RunDir
 from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
-from nfaudio.train.build import (
+from nfaudio.training.build import (
     build_augment,
     build_model,
     build_optimizer,
@@ -38,9 +38,9 @@ from nfaudio.train.build import (
     cosine_lambda,
     is_normalizer_free,
 )
-from nfaudio.train.loggers import HistoryLogger, plot_curves
-from nfaudio.train.losses import ClipFrameLoss
-from nfaudio.train.state import get_rng_state, seed_everything, set_rng_state, worker_init
+from nfaudio.training.loggers import HistoryLogger, plot_curves
+from nfaudio.training.losses import ClipFrameLoss
+from nfaudio.training.state import get_rng_state, seed_everything, set_rng_state, worker_init
 
 __all__ = ["FitResult", "evaluate", "fit", "train_from_config"]
 
