@@ -346,6 +346,7 @@ def test_a_second_concurrent_run_in_the_same_folder_is_refused(tmp_path: Path) -
     assert answer.get(timeout=30) == "locked"
 
 
+@pytest.mark.integration
 def test_kill_9_then_resume_gives_identical_outputs(ckpt: Path, tmp_path: Path) -> None:
     data = tmp_path / "in"
     for i in range(12):
