@@ -1,6 +1,12 @@
-"""Shared fixtures: a tiny synthetic BirdCLEF dataset and a tiny training recipe."""
+"""Shared fixtures and helpers: a tiny synthetic BirdCLEF dataset, a tiny training recipe, small audio and CSV
+writers, a hand-made BirdCLEF folder, and two saved models with a folder of recordings to score."""
 
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
 import pytest
+import soundfile as sf
 import torch
 
 from nfaudio.config import from_dict
@@ -65,3 +71,39 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ----------------------------------------------------------------------------------------- files
+def write_audio(path: Path, seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
+    """Write noise of ``seconds`` to ``path`` (format from the extension); return the samples."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    y = (0.1 * np.random.default_rng(seed).standard_normal(int(round(seconds * sr)))).astype(np.float32)
+    sf.write(str(path), y, sr)
+    return y
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture
+def birdclef_2023(tmp_path: Path) -> Path:
+    """2023/2025-style: label folders in `filename`, taxonomy.csv fixes a non-sorted class order."""
+    root = tmp_path / "bc2023"
+    rows = [
+        ("abethr1", "['zebra1', 'unknown9']", "abethr1/XC1.ogg", 4.0, "Ann"),
+        ("zebra1", "[]", "zebra1/XC2.ogg", 0.0, "Bob"),
+        ("1139490", None, "1139490/iNat3.ogg", None, "Cy"),
+        ("abethr1", "['abethr1', 'zebra1', 'zebra1']", "abethr1/XC4.ogg", 2.5, "Ann"),
+    ]
+    for i, (_, _, fname, _, _) in enumerate(rows):
+        write_audio(root / "train_audio" / fname, 0.3, seed=i)
+    write_csv(root / "train_metadata.csv", [
+        {"primary_label": p, "secondary_labels": s, "filename": f, "rating": r, "author": a, "latitude": 1.5 * i}
+        for i, (p, s, f, r, a) in enumerate(rows)])
+    write_csv(root / "taxonomy.csv", [{"primary_label": c, "common_name": c.upper()}
+                                      for c in ("zebra1", "abethr1", "1139490")])
+    write_csv(root / "sample_submission.csv", [{"row_id": "s_5", "1139490": 0, "abethr1": 0, "zebra1": 0}])
+    return root
