@@ -1,12 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make test   - create .venv when missing, install nfaudio[dev,onnx,openvino,parquet], run the tests
+#                 (integration runs included; `make test-unit` leaves them out, `make test-all` adds slow and gpu)
 #   make demo   - create .venv when missing, install nfaudio, run the built-in demo
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.nfaudio-installed
 
-.PHONY: venv test test-all demo lint bench clean-venv
+.PHONY: venv test test-unit test-all demo lint bench clean-venv
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +19,9 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m 'not slow and not gpu and not integration'
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''

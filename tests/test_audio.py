@@ -234,6 +234,61 @@ def test_center_crop():
     np.testing.assert_array_equal(audio.center_crop(y, 12), list(range(10)) + [0, 0])
 
 
+def _slice_start(full: np.ndarray, crop: np.ndarray) -> int:
+    """Where ``crop`` lies in ``full``: the one start whose slice equals it (fails when there is none)."""
+    starts = [s for s in np.flatnonzero(full[: len(full) - len(crop) + 1] == crop[0])
+              if np.array_equal(full[s : s + len(crop)], crop)]
+    assert len(starts) == 1, "the crop is not one slice of the full load"
+    return int(starts[0])
+
+
+def test_read_crop_is_a_slice_of_the_full_load(tmp_path, monkeypatch):
+    sr = 8000
+    path = write(tmp_path / "long.wav", noise(sr, 3.0, seed=6), sr, subtype="FLOAT")
+    full, _ = audio.load(path)
+    offsets = []
+    real_load = audio.windows.load
+
+    def spy(*args, **kwargs):
+        offsets.append(kwargs.get("offset"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(audio.windows, "load", spy)
+    np.testing.assert_array_equal(audio.read_crop(path, sr, 1.0, "start"), full[:sr])
+    np.testing.assert_array_equal(audio.read_crop(path, sr, 1.0, "center"), full[sr : 2 * sr])
+    starts = set()
+    for seed in range(8):
+        crop = audio.read_crop(path, sr, 1.0, "random", rng=np.random.default_rng(seed))
+        assert crop.shape == (sr,)
+        assert crop.dtype == np.float32
+        np.testing.assert_array_equal(crop, audio.read_crop(path, sr, 1.0, "random", rng=np.random.default_rng(seed)))
+        starts.add(_slice_start(full, crop))
+    assert len(starts) > 4  # the start is drawn, not fixed
+    assert all(o is not None for o in offsets)  # a long file is read partially, never whole
+    with pytest.raises(ValueError, match="a random crop needs rng"):
+        audio.read_crop(path, sr, 1.0, "random")
+    with pytest.raises(ValueError, match="crop must be one of"):
+        audio.read_crop(path, sr, 1.0, "middle")
+
+
+def test_read_crop_of_a_short_file_is_zero_padded_at_the_end(tmp_path):
+    sr = 8000
+    path = write(tmp_path / "short.wav", noise(sr, 0.4, seed=7), sr, subtype="FLOAT")
+    full, _ = audio.load(path)
+    expected = np.concatenate([full, np.zeros(sr - len(full), np.float32)])
+    for mode in ("start", "center", "random"):
+        crop = audio.read_crop(path, sr, 1.0, mode, rng=np.random.default_rng(0))
+        np.testing.assert_array_equal(crop, expected)
+
+
+def test_read_crop_resampled_start_and_center_match_a_resample_of_the_whole_file(tmp_path):
+    sr, file_sr = 8000, 16000
+    path = write(tmp_path / "hi.wav", noise(file_sr, 3.0, seed=8), file_sr, subtype="FLOAT")
+    full, _ = audio.load(path, sr=sr)
+    np.testing.assert_allclose(audio.read_crop(path, sr, 1.0, "start"), full[:sr], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(audio.read_crop(path, sr, 1.0, "center"), full[sr : 2 * sr], rtol=0, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- windows
 @pytest.mark.parametrize(
     ("n", "window", "hop", "last", "expected"),
@@ -350,6 +405,30 @@ def test_stream_windows_short_file_and_default_hop(tmp_path):
         audio.stream_windows(tmp_path / "missing.wav", sr, window_s=1.0)
     path2 = write(tmp_path / "two.wav", sine(440.0, sr, 2.0), sr)
     assert [s for s, _, _ in audio.stream_windows(path2, sr, window_s=0.5, block_s=0.3)] == [0, 0.5, 1.0, 1.5]
+
+
+@pytest.mark.parametrize("hop", [10, 5])
+def test_shifted_windows_by_hand(hop):
+    sr, window = 10, 10  # 1 s windows of 10 samples
+    y = np.arange(1, 28, dtype=np.float32)  # 27 samples: the last window runs past the end
+    starts = audio.window_starts(len(y), window, hop, "pad")
+    frames = audio.frame_windows(y, window, hop, "pad")
+    stream = iter([(s / sr, s / sr + 1.0, w) for s, w in zip(starts, frames)])
+    shifts = (0, 3, -3, hop)
+    got = list(audio.shifted_windows(stream, sr, shifts))
+    assert [(s, e) for s, e, _ in got] == [(s / sr, s / sr + 1.0) for s in starts]
+    # by hand: the signal with zeros before its start and past its end
+    ext = np.concatenate([np.zeros(hop, np.float32), y, np.zeros(2 * window, np.float32)])
+    for start, frame, (_, _, rows) in zip(starts, frames, got):
+        assert rows.shape == (len(shifts), window)
+        assert rows.dtype == np.float32
+        np.testing.assert_array_equal(rows[0], frame)  # shift 0 is the window itself
+        for row, k in zip(rows, shifts):
+            np.testing.assert_array_equal(row, ext[hop + start + k : hop + start + k + window])
+    np.testing.assert_array_equal(got[0][2][2], [0, 0, 0, *range(1, 8)])  # -3 at the start: zeros before it
+    last = got[-1][2]  # starts at 20: samples 21..27, then zeros
+    np.testing.assert_array_equal(last[1], [24, 25, 26, 27, 0, 0, 0, 0, 0, 0])  # +3: the next 3 samples
+    assert list(audio.shifted_windows(iter([]), sr, shifts)) == []
 
 
 # ----------------------------------------------------------------------------- bad files

@@ -15,6 +15,7 @@ def _cfg(root, **train):
                        cv={"n_folds": 3, "strategy": "group", "group_column": "group"})
 
 
+@pytest.mark.integration
 def test_cv_writes_folds_oof_and_metrics(tiny_birdclef, tmp_path):
     metrics = run_cv(_cfg(tiny_birdclef.root), tmp_path)
     manifest = read_birdclef(tiny_birdclef.root)
@@ -46,6 +47,7 @@ def test_cv_writes_folds_oof_and_metrics(tiny_birdclef, tmp_path):
     assert saved["pooled_oof"]["padded_cmap"] == pytest.approx(padded_cmap(y_true, oof[manifest.classes].to_numpy()))
 
 
+@pytest.mark.integration
 def test_cv_resumes_and_keeps_finished_folds(tiny_birdclef, tmp_path):
     cfg = _cfg(tiny_birdclef.root)
     first = run_cv(cfg, tmp_path, folds=[0])
@@ -63,6 +65,7 @@ def test_unknown_fold_is_an_error(tiny_birdclef, tmp_path):
         run_cv(_cfg(tiny_birdclef.root), tmp_path, folds=[7])
 
 
+@pytest.mark.integration
 def test_full_model_trained_on_all_rows(tiny_birdclef, tmp_path):
     metrics = run_cv(_cfg(tiny_birdclef.root), tmp_path, folds=[1], full=True)
     assert (tmp_path / "full" / "best.pt").is_file()

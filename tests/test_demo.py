@@ -1,10 +1,12 @@
 import json
 
 import pandas as pd
+import pytest
 
 from nfaudio.cli import main
 
 
+@pytest.mark.integration
 def test_demo_fast_runs_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["--quiet", "demo", "--fast", "--out", str(out)]) == 0

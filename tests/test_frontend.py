@@ -1,4 +1,4 @@
-"""Tests for nfaudio.frontend: LogMel against librosa, ONNX export, SpecAugment."""
+"""Tests for nfaudio.frontend: LogMel against librosa, ONNX export, the matmul STFT, SpecAugment."""
 
 from __future__ import annotations
 
@@ -172,6 +172,21 @@ def test_logmel_runs_on_input_device() -> None:
     gpu = fe.cuda()(x.cuda())
     assert gpu.device.type == "cuda"
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=0, atol=1e-3)
+
+
+# ----------------------------------------------------------------------------- the matmul (ONNX-friendly) STFT
+@pytest.mark.parametrize("kwargs", [
+    dict(n_fft=512, hop_length=128),  # hop divides n_fft: frames by reshaping
+    dict(n_fft=400, hop_length=160, pad_mode="reflect", power=1.0, normalize="per_clip"),  # frames by gather
+    dict(n_fft=256, hop_length=64, top_db=None, center=False, normalize="fixed", mean=-20.0, std=10.0),
+])
+def test_matmul_frontend_matches_logmel(kwargs: dict) -> None:
+    fe = LogMel(sample_rate=16000, n_mels=40, fmax=8000.0, **kwargs)
+    wave = torch.randn(3, 9000, generator=torch.Generator().manual_seed(0)) * 0.1
+    with torch.no_grad():
+        ref, got = fe(wave), fe.with_stft("matmul")(wave)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max() <= 1e-3
 
 
 # ----------------------------------------------------------------------------- SpecAugment

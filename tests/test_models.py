@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 import nfaudio.models.pretrained as pretrained_mod
+from nfaudio import agc
 from nfaudio.frontend import SpecAugment
 from nfaudio.models import (
     AudioClassifier,
@@ -247,7 +248,6 @@ def test_classifier_modules_and_agc_selection() -> None:
     assert sed.classifier_modules() == [sed.head.att, sed.head.cla]
     pooled = _tiny(head="pooled", pooling="gem")
     assert pooled.classifier_modules() == [pooled.head.fc]
-    agc = pytest.importorskip("nfaudio.agc")
     for model in (sed, pooled):
         excluded = {id(p) for m in model.classifier_modules() for p in m.parameters()}
         chosen = {id(p) for p in agc.agc_parameters(model)}

@@ -10,6 +10,8 @@ NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+@pytest.mark.integration
+@pytest.mark.timeout(600)  # each cell has nbclient's own 300 s timeout; let that one report a hung cell
 def test_notebook_runs(path, tmp_path, monkeypatch):
     monkeypatch.setenv("NFAUDIO_NB_FAST", "1")
     monkeypatch.setenv("NFAUDIO_NB_DIR", str(tmp_path))

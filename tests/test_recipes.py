@@ -223,6 +223,7 @@ def _smoke_overrides(cfg: Config, tmp_path: Path, birdclef_root: Path) -> list[s
 
 # ------------------------------------------------------------------------------------------- smoke runs
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+@pytest.mark.integration
 def test_recipe_trains_one_step(recipe, tmp_path, birdclef_root):
     from nfaudio.training import train_from_config
 
@@ -253,6 +254,7 @@ def test_recipe_trains_one_step(recipe, tmp_path, birdclef_root):
     assert torch.isfinite(clip).all()
 
 
+@pytest.mark.integration
 def test_fsdd_cv_leave_one_speaker_out(tmp_path):
     """run_cv with the fsdd recipe on a manifest without a fold column: logo folds from `group`."""
     from nfaudio.cv import run_cv

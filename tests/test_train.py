@@ -137,16 +137,6 @@ def test_small_balanced_training_set_still_takes_a_step(tiny_birdclef, tmp_path)
     assert pd.read_csv(tmp_path / "history.csv")["train_loss"].iloc[0] > 0
 
 
-def test_load_data_accepts_a_birdclef_metadata_file(tiny_birdclef):
-    from nfaudio.data import load_data
-
-    by_root = load_data(tiny_recipe(tiny_birdclef.root, data={"metadata": "train_metadata.csv"}))
-    by_file = load_data(tiny_recipe(None, data={"root": None,
-                                                "manifest": str(tiny_birdclef.root / "train_metadata.csv")}))
-    assert list(by_file.df["row_id"]) == list(by_root.df["row_id"])
-    assert by_file.classes == by_root.classes
-
-
 def test_early_stopping_stops_when_the_score_stalls(tiny_birdclef, tmp_path):
     _, tr, va = _split(tiny_birdclef.root)
     cfg = tiny_recipe(tiny_birdclef.root, optim={"lr": 0.0}, train={"epochs": 6, "early_stop_patience": 1})
