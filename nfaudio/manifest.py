@@ -323,20 +323,27 @@ def read_csv_manifest(path: str | os.PathLike, root: str | os.PathLike | None = 
 
 
 def detect_kind(path: str | os.PathLike) -> str:
-    """The manifest kind of ``path``: a folder with ``train_metadata.csv``/``train.csv`` -> "birdclef", another
-    folder -> "folder"; a file named like BirdCLEF metadata with ``primary_label`` and ``filename`` columns ->
-    "birdclef" (a generic manifest may also be called ``train.csv``), any other file -> "csv".
+    """The manifest kind of ``path``: BirdCLEF metadata is a file named ``train_metadata.csv``/``train.csv`` with
+    ``primary_label`` and ``filename`` columns (a generic manifest may also be called ``train.csv``). A folder
+    holding BirdCLEF metadata -> "birdclef", another folder -> "folder"; a BirdCLEF metadata file -> "birdclef",
+    any other file -> "csv".
 
     Raises:
         ManifestError: ``path`` does not exist.
     """
     path = Path(path).expanduser()
     if path.is_dir():
-        return "birdclef" if any((path / n).is_file() for n in BIRDCLEF_METADATA) else "folder"
+        return "birdclef" if any(_is_birdclef_metadata(path / n) for n in BIRDCLEF_METADATA) else "folder"
     if path.is_file():
-        header = set(_read_table(path, nrows=0).columns) if path.name in BIRDCLEF_METADATA else set()
-        return "birdclef" if {"primary_label", "filename"} <= header else "csv"
+        return "birdclef" if _is_birdclef_metadata(path) else "csv"
     raise ManifestError(path, "not found")
+
+
+def _is_birdclef_metadata(path: Path) -> bool:
+    """A file named like BirdCLEF metadata whose header has ``primary_label`` and ``filename``."""
+    if path.name not in BIRDCLEF_METADATA or not path.is_file():
+        return False
+    return {"primary_label", "filename"} <= set(_read_table(path, nrows=0).columns)
 
 
 def load_manifest(kind: str, path: str | os.PathLike, **kwargs: Any) -> Manifest:

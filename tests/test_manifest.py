@@ -240,6 +240,7 @@ def test_detect_kind_by_folder_contents_and_file_columns(tmp_path: Path) -> None
     # a generic manifest may be called train.csv too: its columns, not its name, decide
     generic = write_csv(tmp_path / "generic" / "train.csv", [{"path": "clips/a.wav", "label": "dog"}])
     assert detect_kind(generic) == "csv"
+    assert detect_kind(generic.parent) == "folder"  # the same rule for the folder holding it
     # only files named like BirdCLEF metadata are looked into; any other CSV is a generic manifest
     assert detect_kind(write_csv(tmp_path / "meta.csv", birdclef_rows)) == "csv"
     with pytest.raises(ManifestError, match="not found") as exc:
