@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="CV run directory (re-run to resume)")
     p.add_argument("--folds", type=_int_list, default=None, help="comma-separated folds to train, e.g. 0,2")
     p.add_argument("--full", action="store_true", help="also train a final model on all rows")
+    p.add_argument("--merge", action="store_true",
+                   help="train nothing: assemble oof.csv and metrics.json from the finished folds (after parallel "
+                        "`cv --folds k` processes; the recipe defaults to the run's config.yaml)")
 
     p = sub.add_parser("evaluate", help="score a competition-format submission CSV against a solution CSV")
     p.add_argument("--metric", "-m", required=True, choices=METRIC_NAMES)
@@ -103,8 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 logs progress and prints results."""
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def _setup_logging(debug: bool, quiet: bool) -> None:
-    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    level = logging.DEBUG if debug else logging.WARNING if quiet or _rank() > 0 else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
 
@@ -117,6 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise _UsageError("train needs --recipe RECIPE.yaml")
     cfg = load_config(args.recipe, args.overrides)
     result = train_from_config(cfg, args.out, resume=args.resume)
+    if _rank() > 0:
+        return 0
     if result.best_score is None:
         print(f"trained {result.best_epoch} epochs without validation; run in {args.out}")
     else:
@@ -133,16 +144,29 @@ def _int_list(text: str) -> list[int]:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from nfaudio.config import load_config
-    from nfaudio.cv import run_cv
+    from nfaudio.cv import merge_cv, run_cv
+    from nfaudio.rundir import RunDir
 
-    if args.recipe is None:
+    if args.merge:
+        cfg = load_config(args.recipe, args.overrides) if args.recipe else RunDir(args.out).read_config()
+        if cfg is None:
+            raise _UsageError(f"cv --merge: {args.out} holds no {RunDir.CONFIG}; pass --recipe")
+        m = merge_cv(cfg, args.out)
+    elif args.recipe is None:
         raise _UsageError("cv needs --recipe RECIPE.yaml")
-    cfg = load_config(args.recipe, args.overrides)
-    m = run_cv(cfg, args.out, folds=args.folds, full=args.full)
+    else:
+        m = run_cv(load_config(args.recipe, args.overrides), args.out, folds=args.folds, full=args.full)
+    if _rank() > 0:
+        return 0
+    if not m["folds"]:
+        print(f"no fold finished yet (folds {m['unfinished_folds']} are trained elsewhere or not started)")
+        return 0
     name = m["metric"]
     for k, scores in m["per_fold"].items():
         print(f"fold {k}: " + ", ".join(f"{n} {v:.4f}" for n, v in scores.items()))
     print(f"mean {name} {m['mean'][name]:.4f} +- {m['std'][name]:.4f}; pooled OOF {m['pooled_oof'][name]:.4f}")
+    if m.get("unfinished_folds"):
+        print(f"folds {m['unfinished_folds']} are not finished yet: these figures cover folds {m['folds']}")
     return 0
 
 

@@ -7,8 +7,9 @@ A training run (``nfaudio train``, one fold of ``nfaudio cv``) holds::
     best.pt         the selected model (save_model)      last.pt       full training state for --resume
 
 A CV run holds ``config.yaml``, ``run.json``, ``folds.csv``, one training run per fold (``fold<k>/``, each with a
-``done.json`` and its ``oof.csv`` once finished), the pooled ``oof.csv``, ``metrics.json`` and, with ``--full``,
-a model trained on every row in ``full/``. Prediction takes its defaults from the run's ``predict`` section.
+``claim.json`` while a process trains it, and a ``done.json`` and its ``oof.csv`` once finished), the pooled
+``oof.csv``, ``metrics.json`` and, with ``--full``, a model trained on every row in ``full/``. Prediction
+takes its defaults from the run's ``predict`` section.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -61,6 +64,7 @@ class RunDir:
     OOF = "oof.csv"
     METRICS = "metrics.json"
     DONE = "done.json"
+    CLAIM = "claim.json"
     FULL = "full"
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -193,6 +197,57 @@ class RunDir:
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         write_json(self.file(self.METRICS), metrics)
+
+    # ------------------------------------------------------------------------- claims (folds in parallel)
+    def claim(self) -> dict[str, Any] | None:
+        """Claim this fold for the calling process: ``claim.json`` is created atomically (``O_EXCL``), so of
+        several processes on one fold exactly one wins. A claim left by a dead process on this host (killed,
+        crashed) is taken over.
+
+        Returns:
+            None when the claim is ours; else the holder's claim (``host``, ``pid``, ``since``).
+        """
+        self.create()
+        path = self.file(self.CLAIM)
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder(path)
+                if holder is None:  # stale: its process is gone; remove and try again
+                    log.warning("%s: taking over the claim of a process that no longer runs", self.path)
+                    path.unlink(missing_ok=True)
+                    continue
+                return holder
+            with os.fdopen(fd, "w") as fh:
+                json.dump(mine, fh)
+            return None
+        return self._holder(path) or {"host": "?", "pid": -1}
+
+    def release(self) -> None:
+        """Drop this process's claim (a finished or failed fold)."""
+        path = self.file(self.CLAIM)
+        holder = self._holder(path, check_alive=False)
+        if holder and holder.get("host") == socket.gethostname() and holder.get("pid") == os.getpid():
+            path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _holder(path: Path, check_alive: bool = True) -> dict[str, Any] | None:
+        """The claim in ``path``; None when there is none, it is unreadable, or (``check_alive``) its process on
+        this host has exited. A claim from another host is assumed alive."""
+        try:
+            holder = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        if check_alive and holder.get("host") == socket.gethostname():
+            try:
+                os.kill(int(holder.get("pid", -1)), 0)
+            except ProcessLookupError:
+                return None
+            except (PermissionError, ValueError, TypeError):
+                pass
+        return holder
 
 
 def find_checkpoints(path: str | os.PathLike) -> list[Path]:

@@ -72,3 +72,82 @@ def test_full_model_trained_on_all_rows(tiny_birdclef, tmp_path):
     assert metrics["full_model"].endswith("best.pt")
     hist = pd.read_csv(tmp_path / "full" / "history.csv")
     assert hist["val_score"].isna().all()
+
+
+# ----------------------------------------------------------------------------- folds in parallel
+def test_a_fold_claim_is_exclusive_and_a_dead_holders_claim_is_taken_over(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from nfaudio.rundir import RunDir
+
+    fold = RunDir(tmp_path / "fold0")
+    assert fold.claim() is None  # ours
+    holder = fold.claim()  # a second claim, even by the same process, is refused
+    assert (holder["host"], holder["pid"]) == (socket.gethostname(), os.getpid())
+    fold.release()
+    assert not fold.file(RunDir.CLAIM).exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    fold.file(RunDir.CLAIM).write_text(json.dumps({"host": socket.gethostname(), "pid": int(gone.stdout)}))
+    assert fold.claim() is None  # its process has exited: taken over
+    fold.release()
+    fold.file(RunDir.CLAIM).write_text(json.dumps({"host": "elsewhere", "pid": 1}))
+    assert fold.claim()["host"] == "elsewhere"  # another host's claim is assumed alive
+    fold.release()  # not ours: kept
+    assert fold.file(RunDir.CLAIM).exists()
+
+
+def _cv_cli(recipe, out, *args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "nfaudio", "--quiet", "cv", "--recipe", str(recipe), "--out",
+                             str(out), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_parallel_fold_processes_share_folds_and_merge(tiny_birdclef, tmp_path):
+    import subprocess
+    import sys
+
+    from nfaudio.config import dump_config
+    from nfaudio.rundir import RunDir
+
+    recipe = tmp_path / "r.yaml"
+    dump_config(_cfg(tiny_birdclef.root, threads=1), recipe)
+    out = tmp_path / "cv"
+    # a live process on this host holds fold 2: a process given fold 2 skips it and says who holds it
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        RunDir(out / "fold2").create().file(RunDir.CLAIM).write_text(
+            json.dumps({"host": __import__("socket").gethostname(), "pid": holder.pid}))
+        procs = [_cv_cli(recipe, out, "--folds", "0"), _cv_cli(recipe, out, "--folds", "1"),
+                 _cv_cli(recipe, out, "--folds", "2")]  # started together on one --out
+        results = [p.communicate(timeout=500) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0], [r[1][-2000:] for r in results]
+        assert f"pid {holder.pid}" in results[2][1]
+        assert "no fold finished yet" in results[2][0]
+    finally:
+        holder.kill()
+        holder.wait()
+    run = RunDir(out)
+    assert [k for k in (0, 1, 2) if run.fold(k).is_done()] == [0, 1]
+    assert not run.fold(0).file(RunDir.CLAIM).exists()  # released when the fold finished
+    merge = subprocess.run([sys.executable, "-m", "nfaudio", "--quiet", "cv", "--merge", "--out", str(out)],
+                           capture_output=True, text=True, check=True)
+    assert "folds [2] are not finished yet" in merge.stdout
+    metrics = json.loads((out / RunDir.METRICS).read_text())
+    assert (metrics["folds"], metrics["unfinished_folds"]) == ([0, 1], [2])
+    oof = pd.read_csv(out / RunDir.OOF)
+    folds = pd.read_csv(out / RunDir.FOLDS).set_index("row_id")["fold"]
+    assert sorted(oof["row_id"]) == sorted(folds.index[folds.isin([0, 1])])
+    # the holder is gone now: the same command trains fold 2, and every fold is in the merged results
+    last = _cv_cli(recipe, out, "--folds", "2")
+    assert last.wait(timeout=500) == 0, last.stderr.read()[-2000:]
+    metrics = json.loads((out / RunDir.METRICS).read_text())
+    assert (metrics["folds"], metrics["unfinished_folds"]) == ([0, 1, 2], [])
+    assert len(pd.read_csv(out / RunDir.OOF)) == len(folds)

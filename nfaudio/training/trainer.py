@@ -14,11 +14,12 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from nfaudio.agc import AGC, agc_parameters
 from nfaudio.augment import Mixup
@@ -38,11 +39,22 @@ from nfaudio.training.build import (
     cosine_lambda,
     is_normalizer_free,
 )
+from nfaudio.training.distributed import (
+    World,
+    barrier,
+    device_for,
+    distributed,
+    gather,
+    reduce_sum,
+    shard,
+    world,
+    wrap,
+)
 from nfaudio.training.loggers import HistoryLogger, plot_curves
 from nfaudio.training.losses import ClipFrameLoss
 from nfaudio.training.state import get_rng_state, seed_everything, set_rng_state, worker_init
 
-__all__ = ["FitResult", "evaluate", "fit", "train_from_config"]
+__all__ = ["FitResult", "evaluate", "evaluate_rows", "fit", "shared_folds", "train_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +87,23 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: ClipFrameLoss, devic
     return total / max(count, 1), np.concatenate(probs), ids
 
 
+def evaluate_rows(model: nn.Module, dataset: AudioDataset, loss_fn: ClipFrameLoss, device: torch.device,
+                  activation: str, batch_size: int, loader_kw: dict[str, Any], w: World | None = None
+                  ) -> tuple[float, np.ndarray, list[str]]:
+    """:func:`evaluate` over a whole dataset in its row order; under torchrun each rank scores rows
+    ``rank::size`` and the predictions are gathered, so every rank returns the same loss, probabilities and ids."""
+    w = w or world()
+    rows = range(w.rank, len(dataset), w.size) if w.enabled else None
+    loader = DataLoader(dataset if rows is None else Subset(dataset, rows), batch_size=batch_size, shuffle=False,
+                        **loader_kw)
+    loss, probs, ids = evaluate(model, loader, loss_fn, device, activation)
+    if not w.enabled:
+        return loss, probs, ids
+    total, count = reduce_sum([loss * len(ids), len(ids)], w)
+    probs, ids = gather(probs, ids, w)
+    return total / max(count, 1), probs, ids
+
+
 def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str | Path,
         resume: bool = False, seed: int | None = None) -> FitResult:
     """Train on ``train_set``, validate on ``val_set`` every epoch, checkpoint into ``out_dir``.
@@ -97,13 +126,16 @@ def fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str
         ValueError: empty train or validation set, or mismatched class lists.
     """
     threads = intra_op_threads(cfg.train.threads, workers=cfg.data.num_workers)
-    with torch_threads(threads):  # the thread policy, for this call only
+    with torch_threads(threads), distributed(cfg.train.device):  # the thread policy; torchrun's process group
         return _fit(cfg, train_set, val_set, out_dir, resume, seed)
 
 
 def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: str | Path, resume: bool,
          seed: int | None) -> FitResult:
-    run = RunDir(out_dir).create()
+    w = world()
+    run = RunDir(out_dir)
+    if w.is_main:
+        run.create()
     if len(train_set) == 0 or (val_set is not None and len(val_set) == 0):
         n_val = len(val_set) if val_set is not None else 0
         raise ValueError(f"empty split: {len(train_set)} training and {n_val} validation rows")
@@ -112,12 +144,14 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     t = cfg.train
     seed = t.seed if seed is None else seed
     seed_everything(seed)
-    device = resolve_device(t.device)
+    device = device_for(w, resolve_device(t.device))
     classes = list(train_set.classes)
     activation = cfg.activation
-    run.write_info(cfg, seed=seed, classes=classes, device=str(device))
+    if w.is_main:
+        run.write_info(cfg, seed=seed, classes=classes, device=str(device), world_size=w.size)
 
     model = build_model(cfg, len(classes)).to(device)
+    step_model = wrap(model, w, device, find_unused=t.freeze_backbone_epochs > 0)  # DDP under torchrun
     transform = build_augment(cfg)
     a = cfg.audio
     train_ds = AudioDataset(train_set, sample_rate=a.sample_rate, duration=a.duration, train=True,
@@ -136,7 +170,8 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     workers = cfg.data.num_workers
     loader_kw = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
                      pin_memory=device.type == "cuda")
-    steps_per_epoch = math.ceil(len(train_ds) / t.batch_size)
+    per_rank = math.ceil(len(train_ds) / w.size)  # rows each rank trains on per epoch
+    steps_per_epoch = math.ceil(per_rank / t.batch_size)
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     opt_steps_per_epoch = max(1, steps_per_epoch // t.accum_steps)
@@ -153,9 +188,9 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         from timm.utils import ModelEmaV3
 
         ema = ModelEmaV3(model, decay=t.ema_decay)
-    log.info("training %s in %s: %d train / %d val clips, %d classes, AGC %s, device %s", cfg.model.name,
+    log.info("training %s in %s: %d train / %d val clips, %d classes, AGC %s, device %s%s", cfg.model.name,
              run.path, len(train_set), len(val_set) if val_set is not None else 0, len(classes),
-             "on" if agc else "off", device)
+             "on" if agc else "off", device, f", {w.size} processes" if w.enabled else "")
 
     start_epoch, best_score, best_epoch, history, bad_epochs = 0, -math.inf, -1, [], 0
     state = run.load_state(map_location=device) if resume else None
@@ -170,7 +205,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         history, bad_epochs = state["history"], state["bad_epochs"]
         set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d", run.path, start_epoch)
-    logger = HistoryLogger(run.file(RunDir.HISTORY), cfg, resume=start_epoch > 0)
+    logger = HistoryLogger(run.file(RunDir.HISTORY), cfg, resume=start_epoch > 0) if w.is_main else None
 
     for epoch in range(start_epoch, t.epochs):
         if bad_epochs and t.early_stop_patience and bad_epochs >= t.early_stop_patience:
@@ -180,8 +215,14 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
             p.requires_grad_(not frozen)
         train_ds.set_epoch(epoch)
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        drop_last = len(train_ds) > t.batch_size  # never an epoch of zero steps
-        if sample_weights is not None:
+        drop_last = per_rank > t.batch_size  # never an epoch of zero steps
+        if w.enabled:  # this rank's share of the global sample a single process would draw
+            weights = (torch.as_tensor(sample_weights, dtype=torch.double) if sample_weights is not None
+                       else None)
+            loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=shard(len(train_ds), w, gen, weights),
+                                drop_last=drop_last, generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+                                **loader_kw)  # its own generator: the global RNG stays as a single process has it
+        elif sample_weights is not None:
             sampler = torch.utils.data.WeightedRandomSampler(
                 sample_weights, num_samples=len(train_ds), replacement=True, generator=gen)
             loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, drop_last=drop_last,
@@ -192,7 +233,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         mix_gen = torch.Generator().manual_seed(seed * 1000 + epoch + 1)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
-        bar = _progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress)
+        bar = _progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress and w.is_main)
         optimizer.zero_grad(set_to_none=True)
         for step, (wave, target, weight, _) in enumerate(bar):
             if step >= steps_per_epoch:
@@ -200,7 +241,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
             wave, target, weight = wave.to(device), target.to(device), weight.to(device)
             wave, target, weight = mixup(wave, target, weight, generator=mix_gen)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                out = model(wave)
+                out = step_model(wave)
             loss = loss_fn(out.clip, out.frame, target, weight if t.use_rating else None)
             scaler.scale(loss / t.accum_steps).backward()
             if (step + 1) % t.accum_steps == 0 or step + 1 == steps_per_epoch:
@@ -217,11 +258,11 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{running / seen:.4f}", clips_s=f"{seen / (time.perf_counter() - t0):.1f}")
         train_time = time.perf_counter() - t0
+        running, seen = reduce_sum([running, seen], w)  # over every rank's share
         eval_model = ema.module if ema is not None else model
         if val_set is not None:
-            val_loader = DataLoader(val_ds, batch_size=t.eval_batch_size or t.batch_size, shuffle=False,
-                                    **loader_kw)
-            val_loss, probs, _ = evaluate(eval_model, val_loader, loss_fn, device, activation)
+            val_loss, probs, _ = evaluate_rows(eval_model, val_ds, loss_fn, device, activation,
+                                               t.eval_batch_size or t.batch_size, loader_kw, w)
             score = float(metric(val_targets, probs))
             improved = score > best_score
         else:  # no validation: no score; the latest epoch is the model kept
@@ -229,25 +270,29 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_loss": val_loss, "val_score": score,
                "lr": optimizer.param_groups[-1]["lr"], "clips_per_s": seen / train_time}
         history.append(row)
-        logger.log(row)
+        if logger is not None:
+            logger.log(row)
         log.info("epoch %d: train_loss %.4f val_loss %.4f %s %.4f (%.1f clips/s)", epoch + 1,
                  row["train_loss"], val_loss, t.metric, score, row["clips_per_s"])
         if improved:
             best_score, best_epoch, bad_epochs = (score if val_set is not None else best_score), epoch + 1, 0
         else:
             bad_epochs += 1
-        if improved or t.select == "last":
+        if (improved or t.select == "last") and w.is_main:
             save_model(eval_model, run.best, classes=classes, epoch=epoch + 1,
                        score=score if val_set is not None else None, metric=t.metric, duration=a.duration,
                        activation=activation)
-        run.save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                        "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
-                        "best_score": best_score, "best_epoch": best_epoch, "history": history,
-                        "bad_epochs": bad_epochs, "rng": get_rng_state()})
-    logger.close()
-    if history:
-        plot_curves(history, run.file(RunDir.CURVES))
+        if w.is_main:
+            run.save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                            "ema": ema.state_dict() if ema is not None else None, "epoch": epoch,
+                            "best_score": best_score, "best_epoch": best_epoch, "history": history,
+                            "bad_epochs": bad_epochs, "rng": get_rng_state()})
+    if logger is not None:
+        logger.close()
+        if history:
+            plot_curves(history, run.file(RunDir.CURVES))
+    barrier(w)  # every rank returns once rank 0 has written best.pt and last.pt
     if val_set is None:
         return FitResult(best_score=None, best_epoch=best_epoch, history=history, out_dir=run.path)
     if t.select == "last" and history:
@@ -272,8 +317,17 @@ def train_from_config(cfg: Config, out_dir: str | Path, resume: bool = False) ->
         ConfigError, ManifestError: see :func:`nfaudio.data.load_data`.
     """
     check_model(cfg)
-    run = RunDir(out_dir).create()
-    manifest = load_data(cfg)
-    folds = None if cfg.data.split_column else run_folds(cfg, manifest, run)
-    train_set, val_set = split_train_val(cfg, manifest, folds)
-    return fit(cfg, train_set, val_set, run.path, resume=resume)
+    run = RunDir(out_dir)
+    with distributed(cfg.train.device) as w:
+        manifest = load_data(cfg)
+        folds = None if cfg.data.split_column else shared_folds(cfg, manifest, run, w)
+        train_set, val_set = split_train_val(cfg, manifest, folds)
+        return fit(cfg, train_set, val_set, run.path, resume=resume)
+
+
+def shared_folds(cfg: Config, manifest: Manifest, run: RunDir, w: World) -> np.ndarray:
+    """:func:`~nfaudio.folds.run_folds` under torchrun: rank 0 assigns and writes ``folds.csv``, the other ranks
+    read it once it exists."""
+    folds = run_folds(cfg, manifest, run.create()) if w.is_main else None
+    barrier(w)
+    return folds if folds is not None else run_folds(cfg, manifest, run)
