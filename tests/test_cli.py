@@ -124,7 +124,8 @@ def test_predict_flags_recipe_keys_and_python_api_do_not_drift():
     base = {**predictor_options(PredictConfig(window=5.0)), **output_options(PredictConfig(window=5.0))}
     changed = {"window": 4.0, "hop": 2.0, "overlap": 1.0, "batch_size": 7, "last": "drop", "tta_shift": 1.0,
                "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "device": "cpu", "threads": 3,
-               "workers": 3, "min_duration": 1.0, "formats": ["raven"], "table_format": "parquet",
+               "workers": 3, "decode_timeout": 5.0, "decode_timeout_factor": 0.5, "min_duration": 1.0,
+               "formats": ["raven"], "table_format": "parquet",
                "threshold": 0.1, "top_k": 2}
     assert set(changed) == keys
     for key, value in changed.items():
