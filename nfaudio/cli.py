@@ -1,7 +1,7 @@
 """The ``nfaudio`` command line: parse, build the config, call the library.
 
 Errors a user can cause (missing recipe, bad key, missing data, empty class list, unknown model) exit
-with status 2 and one clear line on stderr; ``--debug`` shows the traceback.
+with status 2 and one clear line on stderr (a manifest: one line per problem); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -300,5 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug or not isinstance(exc, _user_errors()):
             raise
-        print(f"nfaudio {args.command}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a manifest's problems: one line each
+            print(f"nfaudio {args.command}: error: {line}", file=sys.stderr)
         return 2
