@@ -1,7 +1,7 @@
 """The ``nfaudio`` command line: parse, build the config, call the library.
 
 Errors a user can cause (missing recipe, bad key, missing data, empty class list, unknown model) exit
-with status 2 and one clear line on stderr; ``--debug`` shows the traceback.
+with status 2 and one clear line on stderr (a manifest: one line per problem); ``--debug`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -89,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time-shift TTA: average each window with the windows shifted by -S and +S seconds")
     p.add_argument("--smoothing", type=float, default=None, help="neighbour-smoothing weight in [0, 0.5] (0)")
     p.add_argument("--workers", type=int, default=None, help="decode processes (1; 0: decode in the main process)")
+    p.add_argument("--decode-timeout", type=float, default=None, metavar="S",
+                   help="a decode worker stuck on a file for S + F x duration seconds is killed and the file goes "
+                        "to errors.csv (60; not with --workers 0)")
+    p.add_argument("--decode-timeout-factor", type=float, default=None, metavar="F",
+                   help="decode timeout seconds per second of audio (1.0)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads (default: usable cores minus decode workers, at least 1)")
     p.add_argument("--min-duration", type=float, default=None, help="shorter files go to errors.csv (0.5 s)")
@@ -295,5 +300,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if args.debug or not isinstance(exc, _user_errors()):
             raise
-        print(f"nfaudio {args.command}: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a manifest's problems: one line each
+            print(f"nfaudio {args.command}: error: {line}", file=sys.stderr)
         return 2

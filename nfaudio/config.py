@@ -186,7 +186,7 @@ class PredictConfig:
     """Sliding-window prediction over long recordings: every option of ``nfaudio predict`` (flag ``--top-k`` is key
     ``top_k``), whose defaults come from the run's ``config.yaml`` (command-line flags win). ``window: null`` means
     the training duration, ``hop: null`` the window (or ``window - overlap``), ``threads: null`` the thread
-    policy's default (:func:`nfaudio.runtime.intra_op_threads`)."""
+    policy's default (:func:`nfaudio.runtime.intra_op_threads`), ``decode_timeout: null`` no decoder timeout."""
 
     window: float | None = None
     hop: float | None = None
@@ -200,6 +200,8 @@ class PredictConfig:
     device: str = "auto"
     threads: int | None = None
     workers: int = 1
+    decode_timeout: float | None = 60.0
+    decode_timeout_factor: float = 1.0
     min_duration: float = 0.5
     formats: list[str] = field(default_factory=lambda: ["submission", "table"])
     table_format: str = "csv"

@@ -1,16 +1,20 @@
 """Decode workers for the predictor: processes that decode, resample and cut recordings into windows.
 
 Each worker owns one pipe and blocks until its chunk is taken, so memory stays O(workers x batch) whatever
-the number or length of the files. A worker that dies fails only the file it was on and is restarted.
+the number or length of the files. A worker that dies fails only the file it was on and is restarted; so does a
+worker that hangs: it is killed once the parent has waited on its file longer than ``timeout + timeout_factor *
+duration`` seconds (the duration from the file's header).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 import multiprocessing as mp
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,11 +43,13 @@ class DecodeSpec:
 
 
 def _file_messages(idx: int, path: Path, spec: DecodeSpec) -> Iterator[tuple[int, str, Any]]:
-    """Decode one file into ``(idx, "chunk", (starts, ends, waves))`` messages, then ``(idx, "done", duration)``
-    or, on any failure, ``(idx, "error", (reason, duration))``."""
+    """Decode one file into ``(idx, "start", duration)`` once the header is read (it sets the file's timeout and
+    is not passed on by :func:`iter_decoded`), ``(idx, "chunk", (starts, ends, waves))`` messages, then
+    ``(idx, "done", duration)`` or, on any failure, ``(idx, "error", (reason, duration))``."""
     duration = 0.0
     try:
         duration = info(path).duration
+        yield idx, "start", duration
         if duration < spec.min_duration:
             yield idx, "error", (f"too short: {duration:.3f} s < min_duration {spec.min_duration:g} s", duration)
             return
@@ -89,28 +95,49 @@ def _decode_worker(conn: Any, others: Sequence[Any], spec: DecodeSpec, parent: i
         return
 
 
-def iter_decoded(files: Sequence[Path], spec: DecodeSpec, num_workers: int) -> Iterator[tuple[int, str, Any]]:
+def iter_decoded(files: Sequence[Path], spec: DecodeSpec, num_workers: int, *, timeout: float | None = None,
+                 timeout_factor: float = 0.0) -> Iterator[tuple[int, str, Any]]:
     """Messages of :func:`_file_messages` for every file, decoded by ``num_workers`` processes (0: inline).
 
     Each worker has its own pipe and decodes one file at a time; its sends block until the model side reads
     them, so memory stays O(workers x chunk). A worker that dies (e.g. a decoder crash on a corrupt file)
-    fails only the file it was decoding and is replaced.
+    fails only the file it was decoding and is replaced. A worker that hangs is killed and replaced when the
+    time the parent has spent waiting while that worker's file was in progress exceeds ``timeout +
+    timeout_factor * duration`` seconds (``timeout`` alone until the header is read); time the caller spends
+    between messages (scoring) does not count, since a worker then blocks on its send by design. Inline
+    decoding (``num_workers=0``) has no timeout.
+
+    Args:
+        files: recordings to decode.
+        spec: what to cut.
+        num_workers: decode processes (0: decode in this process).
+        timeout: base seconds of a file's timeout (``None``: no timeout).
+        timeout_factor: extra timeout seconds per second of audio.
+
+    Raises:
+        ValueError: a negative timeout or factor.
     """
+    if (timeout is not None and timeout < 0) or timeout_factor < 0:
+        raise ValueError(f"timeout and timeout_factor must be >= 0, got {timeout} and {timeout_factor}")
     if num_workers == 0 or len(files) == 0:
         for idx, path in enumerate(files):
-            yield from _file_messages(idx, path, spec)
+            yield from (msg for msg in _file_messages(idx, path, spec) if msg[1] != "start")
         return
     from multiprocessing.connection import wait
 
     ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")  # fork: no re-imports
     todo = list(enumerate(files))[::-1]  # pop() from the end = input order
     conns: dict[Any, tuple[Any, int]] = {}  # parent end -> (process, file index it is decoding)
+    waited: dict[Any, float] = {}  # parent end -> seconds the parent has waited during its current file
+    limits: dict[Any, float] = {}  # parent end -> that file's timeout in seconds
 
     def assign(conn: Any, proc: Any) -> None:
         if todo:
             idx, path = todo.pop()
             conn.send((idx, str(path)))
             conns[conn] = (proc, idx)
+            waited[conn] = 0.0
+            limits[conn] = math.inf if timeout is None else timeout
         else:
             conn.send(None)
             conn.close()
@@ -124,25 +151,53 @@ def iter_decoded(files: Sequence[Path], spec: DecodeSpec, num_workers: int) -> I
         theirs.close()
         assign(mine, proc)
 
+    def forget(conn: Any) -> tuple[Any, int]:
+        waited.pop(conn)
+        limits.pop(conn)
+        return conns.pop(conn)
+
+    def retire(conn: Any) -> tuple[Any, int]:
+        proc, idx = forget(conn)
+        conn.close()
+        return proc, idx
+
     try:
         for _ in range(min(num_workers, len(files))):
             start()
         while conns:
-            for conn in wait(list(conns), timeout=1.0):
+            patience = min(limits[c] - waited[c] for c in conns)
+            began = time.monotonic()
+            ready = wait(list(conns), timeout=min(1.0, max(patience, 0.0)))
+            elapsed = time.monotonic() - began
+            for conn in conns:  # every file in progress: the parent was waiting on it
+                waited[conn] += elapsed
+            for conn in [c for c in conns if c not in ready and waited[c] >= limits[c]]:
+                limit = limits[conn]
+                proc, idx = retire(conn)
+                proc.kill()
+                proc.join()
+                log.warning("decoder timed out after %.0f s on %s; restarting it", limit, files[idx])
+                yield idx, "error", (f"decoder timed out after {limit:.0f} s", 0.0)
+                if todo:
+                    start()
+            for conn in ready:
                 proc, idx = conns[conn]
                 try:
                     msg = conn.recv()
                 except (EOFError, OSError):  # the worker died mid-file
-                    del conns[conn]
-                    conn.close()
+                    retire(conn)
                     proc.join()
                     log.warning("decode worker died (exit code %s) on %s; restarting it", proc.exitcode, files[idx])
                     yield idx, "error", (f"decoder process died (exit code {proc.exitcode})", 0.0)
                     if todo:
                         start()
                     continue
+                if msg[1] == "start":
+                    if timeout is not None:
+                        limits[conn] = timeout + timeout_factor * float(msg[2])
+                    continue
                 if msg[1] != "chunk":
-                    del conns[conn]
+                    forget(conn)
                     assign(conn, proc)
                 yield msg
     finally:

@@ -13,6 +13,11 @@ Table columns after any reader:
   absent), ``group`` (str or NaN: ``author`` for BirdCLEF, the ``group`` column for CSV), ``fold`` (int, -1
   when absent), then every other column of the source file.
 
+A manifest's problems are collected and raised together, one :class:`ManifestError` listing each on its own line:
+rows with an empty path/label or a bad ``secondary_labels`` cell, an empty class list, primary labels outside the
+class list (BirdCLEF: the labels of ``taxonomy.csv``/``sample_submission.csv``; a CSV or folder takes its classes
+from its own labels, so none is unknown there), duplicate row ids and missing audio files. Secondary labels
+outside the class list are dropped with a warning (BirdCLEF metadata names species outside a competition).
 """
 
 from __future__ import annotations
@@ -39,16 +44,19 @@ __all__ = ["BASE_COLUMNS", "BIRDCLEF_AUDIO_DIRS", "BIRDCLEF_METADATA", "Manifest
 BASE_COLUMNS = ("row_id", "path", "primary_label", "labels", "secondary_labels", "rating", "group", "fold")
 BIRDCLEF_METADATA = ("train_metadata.csv", "train.csv")
 BIRDCLEF_AUDIO_DIRS = ("train_audio", "train_short_audio")  # 2021 used train_short_audio/
+_MAX_LISTED = 20  # problems of one kind listed one per line; the rest are counted on one more line
 _STR_COLUMNS = {c: str for c in ("primary_label", "secondary_labels", "filename", "path", "label", "row_id")}
 
 
 class ManifestError(ValueError):
-    """A manifest that cannot be used; ``str()`` names the file and the problem."""
+    """A manifest that cannot be used: ``problem`` is one problem or a list of them (``problems``); ``str()`` is
+    one line per problem, each naming the file."""
 
-    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+    def __init__(self, path: str | os.PathLike, problem: str | Sequence[str]) -> None:
         self.path = str(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+        self.problems = [problem] if isinstance(problem, str) else list(problem)
+        self.problem = "\n".join(self.problems)
+        super().__init__("\n".join(f"{self.path}: {p}" for p in self.problems))
 
 
 @dataclass(eq=False)
@@ -108,33 +116,49 @@ def _parse_label_list(value: Any, path: Path, row: int) -> list[str]:
     return [str(v).strip() for v in parsed if str(v).strip()]
 
 
-def _finalize(df: pd.DataFrame, classes: list[str], source: Path, check_files: bool) -> Manifest:
-    """Check classes/row ids/files, drop unknown secondary labels, order the columns."""
-    if not classes:
-        raise ManifestError(source, "empty class list (no labelled rows)")
+def _listed(lines: list[str], what: str) -> list[str]:
+    """The first :data:`_MAX_LISTED` of ``lines`` and one line counting the rest."""
+    return lines if len(lines) <= _MAX_LISTED else [*lines[:_MAX_LISTED], f"... and {len(lines) - _MAX_LISTED} "
+                                                                        f"more {what}"]
+
+
+def _finalize(df: pd.DataFrame, classes: list[str], source: Path, check_files: bool,
+              problems: Sequence[str] = ()) -> Manifest:
+    """Check classes/row ids/files, drop unknown secondary labels, order the columns.
+
+    Every problem is collected (after ``problems`` found by the reader) and one :class:`ManifestError` lists them
+    all, one per line: an empty class list, each primary label outside ``classes``, each duplicate row id, each
+    missing audio file. Rows are named ``row i (line i + 2)`` by their index in the source table, or by their
+    path when ``source`` is a folder.
+    """
+    problems = list(problems)
+    where = (lambda i, path: path) if source.is_dir() else (lambda i, path: f"row {i} (line {int(i) + 2})")
     known = set(classes)
-    unknown_primary = sorted(set(df["primary_label"]) - known)
-    if unknown_primary:
-        raise ManifestError(source, f"{len(unknown_primary)} primary label(s) not in the class list, "
-                                    f"e.g. {unknown_primary[:5]}")
+    if not classes:
+        problems.append("empty class list (no labelled rows)")
+    else:
+        problems += _listed([f"{where(i, p)}: primary label {lab!r} is not in the class list"
+                             for i, lab, p in zip(df.index, df["primary_label"], df["path"]) if lab not in known],
+                            "rows with a primary label outside the class list")
     dropped: set[str] = set()
     secondary = []
     for prim, sec in zip(df["primary_label"], df["secondary_labels"]):
         dropped.update(s for s in sec if s not in known)
         secondary.append(list(dict.fromkeys(s for s in sec if s in known and s != prim)))
-    if dropped:
+    if dropped and classes:
         logger.warning("%s: dropped %d secondary label(s) not in the class list, e.g. %s",
                        source, len(dropped), sorted(dropped)[:5])
     df = df.assign(secondary_labels=secondary,
                    labels=[[p, *s] for p, s in zip(df["primary_label"], secondary)])
-    dup = df["row_id"][df["row_id"].duplicated()].unique().tolist()
-    if dup:
-        raise ManifestError(source, f"{len(dup)} duplicate row id(s), e.g. {dup[:5]}")
+    first = dict(zip(df["row_id"][::-1], zip(df.index[::-1], df["path"][::-1])))  # row id -> (index, path)
+    problems += _listed([f"{where(i, p)}: duplicate row id {r!r} (first at {where(*first[r])})"
+                         for i, r, p in zip(df.index, df["row_id"], df["path"]) if first[r][0] != i],
+                        "duplicate row ids")
     if check_files:
-        missing = [p for p in df["path"] if not os.path.isfile(p)]
-        if missing:
-            raise ManifestError(source, f"{len(missing)} of {len(df)} audio file(s) listed are missing, "
-                                        f"e.g. {missing[:3]}")
+        problems += _listed([f"{where(i, p)}: audio file not found: {p}" for i, p in zip(df.index, df["path"])
+                             if not os.path.isfile(p)], "missing audio files")
+    if problems:
+        raise ManifestError(source, problems)
     df["rating"] = pd.to_numeric(df["rating"], errors="coerce").astype(float)
     df["fold"] = df["fold"].astype(int)
     extras = [c for c in df.columns if c not in BASE_COLUMNS]
@@ -222,14 +246,21 @@ def read_birdclef(root: str | os.PathLike, metadata: str | None = None, classes_
     if check_files and not audio_dir.is_dir():
         raise ManifestError(root, f"no audio folder ({' or '.join(BIRDCLEF_AUDIO_DIRS)})")
     sec_col = raw["secondary_labels"] if "secondary_labels" in raw.columns else [None] * len(raw)
-    rows = []
+    rows, problems, good = [], [], []
     for i, (prim, fname, sec) in enumerate(zip(raw["primary_label"], raw["filename"], sec_col)):
         if _blank(prim) or _blank(fname):
-            raise ManifestError(meta_path, f"row {i} (line {i + 2}): empty primary_label or filename")
+            problems.append(f"row {i} (line {i + 2}): empty primary_label or filename")
+            continue
         prim, rel = prim.strip(), fname.strip().replace("\\", "/")
         if "/" not in rel:  # 2021: filename without the label folder
             rel = f"{prim}/{rel}"
-        rows.append((_strip_ext(rel), str(audio_dir / rel), prim, _parse_label_list(sec, meta_path, i)))
+        try:
+            rows.append((_strip_ext(rel), str(audio_dir / rel), prim, _parse_label_list(sec, meta_path, i)))
+        except ManifestError as err:
+            problems.append(err.problem)
+            continue
+        good.append(i)
+    raw = raw.iloc[good]  # the index keeps every row's position in the file
     df = raw.drop(columns=[c for c in BASE_COLUMNS if c in raw.columns])
     df.insert(0, "row_id", [r[0] for r in rows])
     df["path"], df["primary_label"] = [r[1] for r in rows], [r[2] for r in rows]
@@ -238,7 +269,7 @@ def read_birdclef(root: str | os.PathLike, metadata: str | None = None, classes_
     df["group"] = raw["author"] if "author" in raw.columns else np.nan
     df["fold"] = _fold_column(raw, meta_path)
     classes = _birdclef_classes(root, classes_from, set(df["primary_label"]))
-    return _finalize(df, classes, meta_path, check_files)
+    return _finalize(df, classes, meta_path, check_files, problems)
 
 
 def read_folder(root: str | os.PathLike, extensions: Sequence[str] = AUDIO_EXTENSIONS) -> Manifest:
@@ -297,16 +328,19 @@ def read_csv_manifest(path: str | os.PathLike, root: str | os.PathLike | None = 
     raw = _read_table(path)
     _require(raw, (path_column, label_column), path)
     base = Path(root).expanduser().resolve() if root else path.parent
-    paths, row_ids, labels = [], [], []
+    paths, row_ids, labels, problems, good = [], [], [], [], []
     for i, (p, lab) in enumerate(zip(raw[path_column].astype(object), raw[label_column].astype(object))):
         row_labels = [] if _blank(lab) else list(dict.fromkeys(s.strip() for s in str(lab).split(";") if s.strip()))
         if _blank(p) or not row_labels:
-            raise ManifestError(path, f"row {i} (line {i + 2}): empty path or label")
+            problems.append(f"row {i} (line {i + 2}): empty path or label")
+            continue
+        good.append(i)
         full = Path(os.path.normpath(base / str(p).strip()))  # no resolve(): keep symlinked files' own names
         paths.append(str(full))
         rel = full.relative_to(base).as_posix() if full.is_relative_to(base) else full.as_posix()
         row_ids.append(_strip_ext(rel))
         labels.append(row_labels)
+    raw = raw.iloc[good]  # the index keeps every row's position in the file
     used = {path_column, label_column} | {c for c in BASE_COLUMNS if c != "row_id"}
     df = raw.drop(columns=[c for c in raw.columns if c in used])
     if "row_id" in raw.columns:
@@ -319,7 +353,7 @@ def read_csv_manifest(path: str | os.PathLike, root: str | os.PathLike | None = 
     df["group"] = raw["group"].map(lambda g: np.nan if _blank(g) else str(g)) if "group" in raw.columns else np.nan
     df["fold"] = _fold_column(raw, path)
     classes = sorted({lab for ls in labels for lab in ls})
-    return _finalize(df, classes, path, check_files)
+    return _finalize(df, classes, path, check_files, problems)
 
 
 def detect_kind(path: str | os.PathLike) -> str:

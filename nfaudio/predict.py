@@ -120,6 +120,10 @@ class Predictor:
         threads: torch intra-op threads while scoring (default: the thread policy,
             :func:`nfaudio.runtime.intra_op_threads`: usable cores minus ``num_workers``, at least 1).
         min_duration: files shorter than this (seconds) are skipped as errors.
+        decode_timeout: a decode worker that has not finished a file after ``decode_timeout +
+            decode_timeout_factor * duration`` seconds of waiting for it is killed and restarted, and the file
+            fails (:func:`nfaudio.decode.iter_decoded`); ``None``: no timeout. Not applied with ``num_workers=0``.
+        decode_timeout_factor: timeout seconds per second of audio.
         freq_range: ``(low, high)`` Hz written to Raven tables (default ``(0, sample_rate / 2)``).
         sources: model files, recorded in :meth:`fingerprint` (set by :meth:`from_checkpoint`).
 
@@ -132,7 +136,8 @@ class Predictor:
                  device: str = "auto", activation: str = "sigmoid", *, tta_shifts: Sequence[float] = (),
                  smoothing: float = 0.0, num_workers: int = 1, min_duration: float = 0.5,
                  freq_range: tuple[float, float] | None = None, sources: Sequence[str | Path] = (),
-                 overlap: float | None = None, threads: int | None = None) -> None:
+                 overlap: float | None = None, threads: int | None = None, decode_timeout: float | None = 60.0,
+                 decode_timeout_factor: float = 1.0) -> None:
         if isinstance(models, torch.nn.Module):
             models = [models]
         self.scorer: Scorer = (TorchScorer(models, activation, device) if isinstance(models, (list, tuple))
@@ -149,11 +154,15 @@ class Predictor:
         self.num_workers = int(num_workers)
         self.threads = intra_op_threads(threads, workers=self.num_workers)
         self.min_duration = float(min_duration)
+        self.decode_timeout = None if decode_timeout is None else float(decode_timeout)
+        self.decode_timeout_factor = float(decode_timeout_factor)
         self.sample_rate = int(self.scorer.sample_rate)
         self.freq_range = tuple(freq_range) if freq_range else (0.0, self.sample_rate / 2.0)
         self.sources = [Path(s) for s in sources]
         if self.window <= 0 or self.hop <= 0 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("window, hop and batch_size must be positive and num_workers >= 0")
+        if (self.decode_timeout is not None and self.decode_timeout < 0) or self.decode_timeout_factor < 0:
+            raise ValueError("decode_timeout and decode_timeout_factor must be >= 0")
         if last not in LAST_POLICIES:
             raise ValueError(f"last must be one of {LAST_POLICIES}, got {last!r}")
         if self.tta_shifts and not (max(map(abs, self.tta_shifts)) <= self.hop <= self.window):
@@ -234,7 +243,8 @@ class Predictor:
         n_shifts = len(spec.shifts)
         parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
         files = [Path(f) for f in files]
-        for idx, kind, payload in iter_decoded(files, spec, self.num_workers):
+        for idx, kind, payload in iter_decoded(files, spec, self.num_workers, timeout=self.decode_timeout,
+                                               timeout_factor=self.decode_timeout_factor):
             if kind == "chunk":
                 starts, ends, waves = payload
                 probs = self.scorer(waves)  # (n * shifts, C), window-major
@@ -338,7 +348,8 @@ def predictor_options(options: PredictConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(
         backend=o.backend, device=o.device, threads=o.threads, precision=o.precision, batch_size=o.batch_size,
         hop=o.hop, overlap=o.overlap, last=o.last, tta_shifts=(-o.tta_shift, o.tta_shift) if o.tta_shift else (),
-        smoothing=o.smoothing, num_workers=o.workers, min_duration=o.min_duration)
+        smoothing=o.smoothing, num_workers=o.workers, min_duration=o.min_duration,
+        decode_timeout=o.decode_timeout, decode_timeout_factor=o.decode_timeout_factor)
     if o.window is not None:
         kwargs["window"] = o.window
     return kwargs

@@ -124,7 +124,8 @@ def test_predict_flags_recipe_keys_and_python_api_do_not_drift():
     base = {**predictor_options(PredictConfig(window=5.0)), **output_options(PredictConfig(window=5.0))}
     changed = {"window": 4.0, "hop": 2.0, "overlap": 1.0, "batch_size": 7, "last": "drop", "tta_shift": 1.0,
                "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "device": "cpu", "threads": 3,
-               "workers": 3, "min_duration": 1.0, "formats": ["raven"], "table_format": "parquet",
+               "workers": 3, "decode_timeout": 5.0, "decode_timeout_factor": 0.5, "min_duration": 1.0,
+               "formats": ["raven"], "table_format": "parquet",
                "threshold": 0.1, "top_k": 2}
     assert set(changed) == keys
     for key, value in changed.items():
@@ -146,3 +147,27 @@ def test_train_and_cv_flags_match_the_python_api():
     assert _dests("train") - common == {"resume"} <= set(inspect.signature(train_from_config).parameters)
     assert _dests("cv") - common == {"folds", "full", "merge"}  # --merge is nfaudio.cv.merge_cv
     assert {"folds", "full"} <= set(inspect.signature(run_cv).parameters)
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_every_manifest_problem_is_one_line_and_nothing_is_trained(command, tmp_path, capsys):
+    from conftest import tiny_recipe, write_audio, write_csv
+
+    from nfaudio.config import dump_config
+
+    write_audio(tmp_path / "a.wav", 1.0)
+    write_audio(tmp_path / "b.wav", 1.0)
+    csv = write_csv(tmp_path / "m.csv", [{"path": "a.wav", "label": "dog"},
+                                         {"path": "gone.wav", "label": "cat"},       # missing file
+                                         {"path": "a.wav", "label": "dog"},          # duplicate row
+                                         {"path": "b.wav", "label": "cat;zebra"},    # zebra: a class, no problem
+                                         {"path": "b.wav", "label": " "}])           # empty label
+    recipe = tmp_path / "r.yaml"
+    dump_config(tiny_recipe(None, data={"kind": "csv", "root": None, "manifest": str(csv)}), recipe)
+    out = tmp_path / "run"
+    assert main([command, "--recipe", str(recipe), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"nfaudio {command}: error: {csv}: row 4 (line 6): empty path or label",
+                   f"nfaudio {command}: error: {csv}: row 2 (line 4): duplicate row id 'a' (first at row 0 (line 2))",
+                   f"nfaudio {command}: error: {csv}: row 1 (line 3): audio file not found: {tmp_path / 'gone.wav'}"]
+    assert not out.exists()  # nothing trained, nothing written

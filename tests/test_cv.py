@@ -151,3 +151,43 @@ def test_parallel_fold_processes_share_folds_and_merge(tiny_birdclef, tmp_path):
     metrics = json.loads((out / RunDir.METRICS).read_text())
     assert (metrics["folds"], metrics["unfinished_folds"]) == ([0, 1, 2], [])
     assert len(pd.read_csv(out / RunDir.OOF)) == len(folds)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_cv_killed_mid_fold_resumes_to_the_uninterrupted_results(tiny_birdclef, tmp_path):
+    import os
+    import signal
+    import time
+
+    import torch
+
+    from nfaudio.config import dump_config
+    from nfaudio.rundir import RunDir
+
+    recipe = tmp_path / "r.yaml"
+    dump_config(_cfg(tiny_birdclef.root, epochs=4), recipe)
+    pinned = ("--set", "train.threads=1")
+    clean = _cv_cli(recipe, tmp_path / "clean", *pinned)
+    assert clean.wait(timeout=600) == 0, clean.stderr.read()[-2000:]
+
+    out = tmp_path / "killed"
+    victim = _cv_cli(recipe, out, *pinned)
+    fold1 = RunDir(out / "fold1")
+    deadline = time.monotonic() + 600
+    while not fold1.last.is_file() and victim.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(victim.pid, signal.SIGKILL)
+    assert victim.wait(timeout=60) == -signal.SIGKILL
+    # killed in the middle of fold 1: fold 0 done, fold 1 has a state after >= 1 of its 4 epochs, fold 2 untouched
+    assert RunDir(out / "fold0").is_done()
+    assert not fold1.is_done()
+    assert not (out / "fold2").exists()
+    assert torch.load(fold1.last, map_location="cpu", weights_only=False)["epoch"] < 3  # 0-based: epochs left
+    assert not (out / RunDir.METRICS).exists()
+
+    again = _cv_cli(recipe, out, *pinned)  # the same command resumes
+    assert again.wait(timeout=600) == 0, again.stderr.read()[-2000:]
+    assert (out / RunDir.OOF).read_bytes() == (tmp_path / "clean" / RunDir.OOF).read_bytes()
+    clean_metrics = json.loads((tmp_path / "clean" / RunDir.METRICS).read_text())
+    assert json.loads((out / RunDir.METRICS).read_text()) == clean_metrics

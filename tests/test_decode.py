@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import SCORE_SR
 
@@ -75,3 +76,60 @@ def test_a_crashing_decoder_fails_only_its_file(ckpt: Path, audio_dir: Path, mon
     df = pred.predict([audio_dir])
     assert [Path(f).stem for f in dict.fromkeys(df.index.get_level_values("file"))] == ["rec_a", "rec_c"]
     assert list(pred.errors_.reason) == ["decoder process died (exit code 3)"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the patch reaches workers through fork")
+def test_a_hanging_decoder_is_killed_and_fails_only_its_file(ckpt: Path, audio_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import nfaudio.decode as decode_module
+
+    normal = Predictor.from_checkpoint(ckpt, num_workers=1).predict_to_dir([audio_dir], tmp_path / "normal")
+    assert normal.n_failed == 0
+    original = decode_module._file_messages
+    pid_file = tmp_path / "stuck.pid"
+
+    def hang_on_b(idx, path, spec):  # runs in the forked decode worker
+        messages = original(idx, path, spec)
+        if path.stem == "rec_b":
+            yield next(messages)  # the header: rec_b lasts 2 s, so its timeout is 1 + 0.5 * 2 = 2 s
+            pid_file.write_text(str(os.getpid()))
+            while True:
+                time.sleep(60)
+        yield from messages
+
+    monkeypatch.setattr(decode_module, "_file_messages", hang_on_b)
+    pred = Predictor.from_checkpoint(ckpt, num_workers=1, decode_timeout=1.0, decode_timeout_factor=0.5)
+    began = time.monotonic()
+    summary = pred.predict_to_dir([audio_dir], tmp_path / "stuck")
+    assert time.monotonic() - began < 30
+    assert summary.n_failed == 1
+    errors = pd.read_csv(tmp_path / "stuck" / "errors.csv")
+    assert [Path(f).stem for f in errors.file] == ["rec_b"]
+    assert list(errors.reason) == ["decoder timed out after 2 s"]
+    ours = pd.read_csv(tmp_path / "stuck" / "scores.csv")
+    theirs = pd.read_csv(tmp_path / "normal" / "scores.csv")
+    theirs = theirs[~theirs.file.str.contains("rec_b")].reset_index(drop=True)
+    assert set(ours.file.map(lambda f: Path(f).stem)) == {"rec_a", "rec_c"}
+    pd.testing.assert_frame_equal(ours, theirs)
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(int(pid_file.read_text()), 0)
+
+
+def test_time_spent_scoring_does_not_count_towards_the_timeout(audio_dir: Path) -> None:
+    import time
+
+    files = list_audio([audio_dir])[:2]  # rec_a.wav, rec_b.flac: one chunk and "done" each
+    spec = DecodeSpec(sample_rate=SR, window=1.0, hop=1.0, last="pad", shifts=(0,), chunk=8, min_duration=0.0)
+    kinds = []
+    for _, kind, _ in iter_decoded(files, spec, num_workers=1, timeout=1.0):
+        kinds.append(kind)
+        time.sleep(2.0)  # a slow model: the worker meanwhile blocks on its send, which is no hang
+    assert kinds == ["chunk", "done", "chunk", "done"]
+
+
+def test_negative_timeouts_are_rejected(audio_dir: Path) -> None:
+    spec = DecodeSpec(sample_rate=SR, window=1.0, hop=1.0, last="pad", shifts=(0,), chunk=8, min_duration=0.0)
+    with pytest.raises(ValueError, match="timeout"):
+        list(iter_decoded(list_audio([audio_dir]), spec, num_workers=1, timeout=-1.0))
