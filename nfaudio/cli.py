@@ -1,12 +1,14 @@
 """The ``nfaudio`` command line: parse, build the config, call the library.
 
-Errors a user can cause (missing recipe, bad key, missing data, empty class list, unknown model) exit
-with status 2 and one clear line on stderr; ``--debug`` shows the traceback.
+Errors a user can cause (missing recipe, bad key, missing data, empty class list, unknown model, an output
+path under a regular file, a full disk) exit with status 2 and one clear line on stderr; ``--debug`` shows the
+traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -175,9 +177,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from nfaudio.metrics import score_submission
 
-    for path in (args.solution, args.submission):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
     solution = pd.read_csv(args.solution, dtype={args.id_column: str})
     submission = pd.read_csv(args.submission, dtype={args.id_column: str})
     score = score_submission(solution, submission, args.metric, id_col=args.id_column)
@@ -280,6 +279,46 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileExistsError, ValueError)
 
 
+# The arguments of each command that are paths the user gave (dest -> how the message names it).
+_PATH_ARGS: dict[str, dict[str, str]] = {
+    "train": {"recipe": "--recipe", "out": "--out"}, "cv": {"recipe": "--recipe", "out": "--out"},
+    "evaluate": {"solution": "solution", "submission": "submission"}, "demo": {"out": "--out"},
+    "predict": {"model": "model", "inputs": "input", "out": "--out"}, "export": {"model": "model", "out": "--out"},
+}
+# Errors of writing the output that carry no file name but cannot be a bug: disk full, quota, read-only disk.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _forms(path: str | os.PathLike) -> set[Path]:
+    """A path as given (made absolute) and with its symbolic links resolved."""
+    return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+
+
+def _path_error(args: argparse.Namespace, exc: OSError) -> str | None:
+    """The one-line message for an OS-level error on a path the user gave (or on a file under it, or on writing
+    the output), or None when the error is not about such a path (then it is a bug)."""
+    given = []
+    for dest, label in _PATH_ARGS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        given += [(label, Path(v)) for v in (value if isinstance(value, list) else [value]) if v is not None]
+    reason = exc.strerror or str(exc)
+    for name in (exc.filename, exc.filename2):
+        if not isinstance(name, (str, bytes, os.PathLike)):  # None, or an int (a file descriptor)
+            continue
+        name = os.fsdecode(name)
+        failed = _forms(name)
+        for label, path in given:
+            mine = _forms(path)
+            if any(f in p.parents for p in mine for f in failed) and os.path.isfile(name):
+                return f"{label} {path}: {name} is not a directory"  # mkdir(parents=True) under a file
+            if any(p == f or p in f.parents for p in mine for f in failed):
+                return f"{label} {path}: {reason}" + ("" if mine & failed else f" ({name})")
+    out = getattr(args, "out", None)
+    if exc.errno in _OUTPUT_ERRNOS and out is not None and "out" in _PATH_ARGS.get(args.command, {}):
+        return f"--out {out}: {reason}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -293,7 +332,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if args.debug or not isinstance(exc, _user_errors()):
+        if args.debug:
             raise
-        print(f"nfaudio {args.command}: error: {exc}", file=sys.stderr)
+        message = _path_error(args, exc) if isinstance(exc, OSError) else None
+        if message is None and isinstance(exc, _user_errors()):
+            message = str(exc)
+        if message is None:
+            raise
+        print(f"nfaudio {args.command}: error: {message}", file=sys.stderr)
         return 2
