@@ -24,7 +24,8 @@ log = logging.getLogger("nfaudio")
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", "-r", type=Path, help="YAML recipe (see recipes/README.md)")
+    p.add_argument("--recipe", "-r", type=Path,
+                   help="YAML recipe file, or a shipped recipe's name (`nfaudio recipes` lists them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.lr=0.01 (repeatable)")
 
@@ -103,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="FILE.onnx (a folder for a CV run: fold<k>.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch parity check")
+
+    p = sub.add_parser("recipes", help="list the shipped recipes (pass a name to --recipe), or print one")
+    p.add_argument("name", nargs="?", default=None, help="print this recipe's YAML (to copy and edit)")
 
     p = sub.add_parser("list-models", help="list the model names create_model accepts")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'eca_*'")
@@ -260,12 +264,28 @@ def _cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from nfaudio.recipes import describe_recipe, list_recipes, shipped_recipe
+
+    if args.name is not None:
+        path = shipped_recipe(args.name)
+        if path is None:
+            raise _UsageError(f"no shipped recipe '{args.name}'; shipped: {', '.join(list_recipes())}")
+        print(path.read_text(encoding="utf-8"), end="")
+        return 0
+    names = list_recipes()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {describe_recipe(shipped_recipe(name))}")
+    return 0
+
+
 class _UsageError(Exception):
     pass
 
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export}
+            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
