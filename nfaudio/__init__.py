@@ -6,7 +6,7 @@ dependency)::
 
     import nfaudio as nfa
 
-    cfg = nfa.load_config("recipes/fsdd.yaml", ["train.epochs=20"])
+    cfg = nfa.load_config("fsdd", ["train.epochs=20"])  # a shipped recipe's name, or a YAML file
     nfa.train(cfg, "runs/fsdd")                       # one split; nfa.cross_validate(cfg, "runs/fsdd_cv") for K folds
     scores = nfa.Predictor.from_checkpoint("runs/fsdd").predict(["recordings/"])
     nfa.export_onnx("runs/fsdd/best.pt", "model.onnx")

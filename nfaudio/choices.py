@@ -24,7 +24,7 @@ FOLD_STRATEGIES = ("stratified", "group", "logo", "predefined")
 LAST_POLICIES = ("pad", "drop", "shift")
 BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
-FORMATS = ("submission", "table", "detections", "raven", "audacity")
+FORMATS = ("submission", "table", "detections", "raven", "audacity", "kaleidoscope")
 TABLE_FORMATS = ("csv", "parquet")
 
 CHOICES: dict[str, tuple[str, ...]] = {

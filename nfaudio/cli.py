@@ -1,12 +1,14 @@
 """The ``nfaudio`` command line: parse, build the config, call the library.
 
-Errors a user can cause (missing recipe, bad key, missing data, empty class list, unknown model) exit
-with status 2 and one clear line on stderr (a manifest: one line per problem); ``--debug`` shows the traceback.
+Errors a user can cause (missing recipe, bad key, missing data, empty class list, unknown model, an output
+path under a regular file, a full disk) exit with status 2 and one clear line on stderr (a manifest: one line
+per problem); ``--debug`` shows the traceback. Any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -22,7 +24,8 @@ log = logging.getLogger("nfaudio")
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", "-r", type=Path, help="YAML recipe (see recipes/README.md)")
+    p.add_argument("--recipe", "-r", type=Path,
+                   help="YAML recipe file, or a shipped recipe's name (`nfaudio recipes` lists them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.lr=0.01 (repeatable)")
 
@@ -107,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch parity check")
 
+    p = sub.add_parser("recipes", help="list the shipped recipes (pass a name to --recipe), or print one")
+    p.add_argument("name", nargs="?", default=None, help="print this recipe's YAML (to copy and edit)")
+
     p = sub.add_parser("list-models", help="list the model names create_model accepts")
     p.add_argument("pattern", nargs="?", default="*", help="fnmatch pattern, e.g. 'eca_*'")
     return parser
@@ -180,9 +186,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     from nfaudio.metrics import score_submission
 
-    for path in (args.solution, args.submission):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such file")
     solution = pd.read_csv(args.solution, dtype={args.id_column: str})
     submission = pd.read_csv(args.submission, dtype={args.id_column: str})
     score = score_submission(solution, submission, args.metric, id_col=args.id_column)
@@ -266,12 +269,28 @@ def _cmd_list_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from nfaudio.recipes import describe_recipe, list_recipes, shipped_recipe
+
+    if args.name is not None:
+        path = shipped_recipe(args.name)
+        if path is None:
+            raise _UsageError(f"no shipped recipe '{args.name}'; shipped: {', '.join(list_recipes())}")
+        print(path.read_text(encoding="utf-8"), end="")
+        return 0
+    names = list_recipes()
+    width = max(map(len, names), default=0)
+    for name in names:
+        print(f"{name:<{width}}  {describe_recipe(shipped_recipe(name))}")
+    return 0
+
+
 class _UsageError(Exception):
     pass
 
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export}
+            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -283,6 +302,46 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (_UsageError, ConfigError, ManifestError, AudioError, PretrainedWeightsError, FileNotFoundError,
             FileExistsError, ValueError)
+
+
+# The arguments of each command that are paths the user gave (dest -> how the message names it).
+_PATH_ARGS: dict[str, dict[str, str]] = {
+    "train": {"recipe": "--recipe", "out": "--out"}, "cv": {"recipe": "--recipe", "out": "--out"},
+    "evaluate": {"solution": "solution", "submission": "submission"}, "demo": {"out": "--out"},
+    "predict": {"model": "model", "inputs": "input", "out": "--out"}, "export": {"model": "model", "out": "--out"},
+}
+# Errors of writing the output that carry no file name but cannot be a bug: disk full, quota, read-only disk.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def _forms(path: str | os.PathLike) -> set[Path]:
+    """A path as given (made absolute) and with its symbolic links resolved."""
+    return {Path(os.path.abspath(path)), Path(os.path.realpath(path))}
+
+
+def _path_error(args: argparse.Namespace, exc: OSError) -> str | None:
+    """The one-line message for an OS-level error on a path the user gave (or on a file under it, or on writing
+    the output), or None when the error is not about such a path (then it is a bug)."""
+    given = []
+    for dest, label in _PATH_ARGS.get(args.command, {}).items():
+        value = getattr(args, dest, None)
+        given += [(label, Path(v)) for v in (value if isinstance(value, list) else [value]) if v is not None]
+    reason = exc.strerror or str(exc)
+    for name in (exc.filename, exc.filename2):
+        if not isinstance(name, (str, bytes, os.PathLike)):  # None, or an int (a file descriptor)
+            continue
+        name = os.fsdecode(name)
+        failed = _forms(name)
+        for label, path in given:
+            mine = _forms(path)
+            if any(f in p.parents for p in mine for f in failed) and os.path.isfile(name):
+                return f"{label} {path}: {name} is not a directory"  # mkdir(parents=True) under a file
+            if any(p == f or p in f.parents for p in mine for f in failed):
+                return f"{label} {path}: {reason}" + ("" if mine & failed else f" ({name})")
+    out = getattr(args, "out", None)
+    if exc.errno in _OUTPUT_ERRNOS and out is not None and "out" in _PATH_ARGS.get(args.command, {}):
+        return f"--out {out}: {reason}"
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -298,8 +357,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if args.debug or not isinstance(exc, _user_errors()):
+        if args.debug:
             raise
-        for line in str(exc).splitlines() or [""]:  # a manifest's problems: one line each
+        message = _path_error(args, exc) if isinstance(exc, OSError) else None
+        if message is None and isinstance(exc, _user_errors()):
+            message = str(exc)
+        if message is None:
+            raise
+        for line in message.splitlines() or [""]:  # a manifest's problems: one line each
             print(f"nfaudio {args.command}: error: {line}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import yaml
 
 from nfaudio.choices import CHOICES, PATH_KEYS
 from nfaudio.fileio import write_text
+from nfaudio.recipes import recipe_path
 from nfaudio.schema import ConfigError, build, plain
 
 __all__ = ["Config", "ConfigError", "apply_overrides", "check_choices", "dump_config", "from_dict", "load_config",
@@ -294,14 +295,17 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Read a YAML recipe (or defaults when ``path`` is None) and apply dotted overrides.
 
+    ``path`` is a file or the name of a shipped recipe (``fsdd`` or ``fsdd.yaml``; :mod:`nfaudio.recipes`).
+
     Raises:
         ConfigError: the file is missing, is not YAML, or holds unknown keys / wrong types.
     """
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"recipe not found: {path}")
+        try:
+            path = recipe_path(path)
+        except FileNotFoundError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

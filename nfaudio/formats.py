@@ -3,8 +3,10 @@
 The prediction table is a DataFrame indexed by ``(file, start_s, end_s)`` with one probability column per class
 (:func:`scores_frame` builds it from one file's windows). Converters: :func:`to_submission` (BirdCLEF,
 ``row_id = <stem>_<end second>``), :func:`to_table` (wide), :func:`to_detections` (long: file, start_s, end_s,
-label, score above a threshold and/or top-k), :func:`to_raven` (Raven Pro selection table) and
-:func:`to_audacity` (label track); :func:`write_rows` writes any of them as CSV/TSV with exact decimal times.
+label, score above a threshold and/or top-k), :func:`to_raven` (Raven Pro selection table),
+:func:`to_audacity` (label track) and :func:`to_kaleidoscope` (Wildlife Acoustics Kaleidoscope CSV, the columns of
+BirdNET-Analyzer's ``--rtype kaleidoscope``); :func:`write_rows` writes any of them as CSV/TSV with exact
+decimal times.
 The journalled run that writes them to disk is :mod:`nfaudio.predict_run`.
 """
 
@@ -19,12 +21,15 @@ import pandas as pd
 
 from nfaudio.choices import FORMATS, TABLE_FORMATS
 
-__all__ = ["FLOAT_FORMAT", "FORMATS", "RAVEN_COLUMNS", "TABLE_FORMATS", "empty_output", "format_seconds",
-           "row_id", "scores_frame", "to_audacity", "to_detections", "to_raven", "to_submission", "to_table",
-           "write_rows"]
+__all__ = ["FLOAT_FORMAT", "FORMATS", "KALEIDOSCOPE_COLUMNS", "RAVEN_COLUMNS", "TABLE_FORMATS", "empty_output",
+           "format_seconds", "row_id", "scores_frame", "to_audacity", "to_detections", "to_kaleidoscope", "to_raven",
+           "to_submission", "to_table", "write_rows"]
 
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Species", "Confidence"]
+# BirdNET-Analyzer's Kaleidoscope result columns (birdnet_analyzer/analyze: KALEIDOSCOPE_HEADER).
+KALEIDOSCOPE_COLUMNS = ["INDIR", "FOLDER", "IN FILE", "OFFSET", "DURATION", "scientific_name", "common_name",
+                        "confidence", "lat", "lon", "week", "overlap", "sensitivity"]
 FLOAT_FORMAT = "%.6g"
 
 
@@ -123,10 +128,38 @@ def to_audacity(detections: pd.DataFrame) -> pd.DataFrame:
                          "label": [f"{c} ({s:.3f})" for c, s in zip(detections["label"], detections["score"])]})
 
 
+def to_kaleidoscope(detections: pd.DataFrame, overlap: float = 0.0) -> pd.DataFrame:
+    """Kaleidoscope CSV rows, one per detection, with the columns BirdNET-Analyzer writes
+    (:data:`KALEIDOSCOPE_COLUMNS`).
+
+    As in BirdNET-Analyzer, the absolute audio path is split into ``INDIR`` (the folder above the file's folder),
+    ``FOLDER`` (the file's folder name) and ``IN FILE`` (the file name); ``OFFSET`` is the window start and
+    ``DURATION`` its length in seconds. Our labels are class names, so ``scientific_name`` and ``common_name``
+    both hold the class name. nfaudio has no location, date or sigmoid sensitivity: ``lat``, ``lon`` and
+    ``week`` are -1 (BirdNET's "not given") and ``sensitivity`` is 1.0 (BirdNET's default, no adjustment).
+
+    Args:
+        detections: output of :func:`to_detections`.
+        overlap: seconds shared by consecutive windows (``window - hop``, at least 0).
+    """
+    paths = [Path(f).resolve() for f in detections["file"]]
+    start = detections["start_s"].to_numpy(dtype=float)
+    n = len(detections)
+    labels = detections["label"].to_numpy()
+    return pd.DataFrame({"INDIR": [str(p.parent.parent) for p in paths], "FOLDER": [p.parent.name for p in paths],
+                         "IN FILE": [p.name for p in paths], "OFFSET": start,
+                         "DURATION": detections["end_s"].to_numpy(dtype=float) - start,
+                         "scientific_name": labels, "common_name": labels,
+                         "confidence": detections["score"].to_numpy(), "lat": np.full(n, -1), "lon": np.full(n, -1),
+                         "week": np.full(n, -1), "overlap": np.full(n, max(float(overlap), 0.0)),
+                         "sensitivity": np.full(n, 1.0)}, columns=KALEIDOSCOPE_COLUMNS)
+
+
 def write_rows(df: pd.DataFrame, fh: IO[str], header: bool = True, sep: str = ",") -> None:
     """CSV/TSV rows with times as exact decimals and scores with :data:`FLOAT_FORMAT`."""
     df = df.copy()
-    for col in ("start_s", "end_s", "Begin Time (s)", "End Time (s)", "File Offset (s)", "start", "end"):
+    for col in ("start_s", "end_s", "Begin Time (s)", "End Time (s)", "File Offset (s)", "start", "end", "OFFSET",
+                "DURATION", "overlap"):
         if col in df.columns:
             df[col] = format_seconds(df[col])
     df.to_csv(fh, sep=sep, index=False, header=header, float_format=FLOAT_FORMAT, lineterminator="\n")
@@ -136,5 +169,6 @@ def empty_output(name: str, classes: Sequence[str]) -> pd.DataFrame:
     """The columns of a combined output file that holds no rows (no file was scored)."""
     columns = {"submission.csv": ["row_id", *classes], "scores.csv": ["file", "start_s", "end_s", *classes],
                "detections.csv": ["file", "start_s", "end_s", "label", "score"],
-               "raven_selections.txt": [*RAVEN_COLUMNS, "Begin Path", "File Offset (s)"]}[name]
+               "raven_selections.txt": [*RAVEN_COLUMNS, "Begin Path", "File Offset (s)"],
+               "kaleidoscope.csv": KALEIDOSCOPE_COLUMNS}[name]
     return pd.DataFrame(columns=columns)

@@ -34,6 +34,7 @@ from nfaudio.formats import (
     scores_frame,
     to_audacity,
     to_detections,
+    to_kaleidoscope,
     to_raven,
     to_submission,
     to_table,
@@ -202,8 +203,9 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
     Outputs (``formats``): ``submission`` -> ``submission.csv``; ``table`` -> ``scores.csv`` or
     ``scores.parquet``; ``detections`` -> ``detections.csv``; ``raven`` -> ``raven/<file>.selections.txt``
     per file plus ``raven_selections.txt`` (with ``Begin Path``, ``File Offset (s)``); ``audacity`` ->
-    ``audacity/<file>.txt``. ``errors.csv`` (file, reason) is always written. Per-file names are the paths
-    relative to the input files' common folder.
+    ``audacity/<file>.txt``; ``kaleidoscope`` -> ``kaleidoscope.csv`` (the detections as Kaleidoscope CSV).
+    ``errors.csv`` (file, reason) is always written. Per-file names are the paths relative to the input files'
+    common folder.
 
     Args:
         predictor: the :class:`~nfaudio.predict.Predictor`.
@@ -211,7 +213,7 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
         out_dir: output folder (created).
         formats: any of :data:`FORMATS`.
         table_format: "csv" or "parquet" (needs pyarrow) for the wide table.
-        threshold: minimum score of a detection (detections, Raven, Audacity).
+        threshold: minimum score of a detection (detections, Raven, Audacity, Kaleidoscope).
         top_k: at most this many detections per window (the best ones).
         overwrite: discard a previous run in ``out_dir`` instead of resuming it.
         progress: show a progress bar (default: when stderr is a terminal).
@@ -293,7 +295,7 @@ def _finalize(predictor: Predictor, files: Sequence[Path], journal: Journal, err
     with contextlib.ExitStack() as stack:
         out = {fmt: _Output(out_dir / name, stack) for fmt, name in
                (("submission", "submission.csv"), ("table", "scores.csv"), ("detections", "detections.csv"),
-                ("raven", "raven_selections.txt"))
+                ("raven", "raven_selections.txt"), ("kaleidoscope", "kaleidoscope.csv"))
                if fmt in formats and not (fmt == "table" and table_format == "parquet")}
         parquet = None
         if "table" in formats and table_format == "parquet":
@@ -323,6 +325,8 @@ def _finalize(predictor: Predictor, files: Sequence[Path], journal: Journal, err
                 raven["Selection"] += n_sel
                 n_sel += len(raven)
                 out["raven"].write(raven, sep="\t")
+            if "kaleidoscope" in out:
+                out["kaleidoscope"].write(to_kaleidoscope(dets, overlap=predictor.window - predictor.hop))
             _write_per_file(out_dir, names[key], dets, formats, predictor.freq_range, only_missing=True)
             offset += float(journal.done[key]["duration"])
         for o in out.values():

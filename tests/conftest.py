@@ -113,7 +113,7 @@ def birdclef_2023(tmp_path: Path) -> Path:
 SCORE_SR = 16000
 CLASSES = ["alpha", "beta", "gamma"]
 FRONTEND = dict(sample_rate=SCORE_SR, n_fft=512, hop_length=160, n_mels=32, fmin=20.0, fmax=8000.0)
-ALL_FORMATS = ["submission", "table", "detections", "raven", "audacity"]
+ALL_FORMATS = ["submission", "table", "detections", "raven", "audacity", "kaleidoscope"]
 
 
 def save_tiny_model(path: Path, seed: int) -> Path:

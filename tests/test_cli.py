@@ -1,9 +1,12 @@
+import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_recipe
 
 from nfaudio import __version__
 from nfaudio.cli import main
@@ -171,3 +174,91 @@ def test_every_manifest_problem_is_one_line_and_nothing_is_trained(command, tmp_
                    f"nfaudio {command}: error: {csv}: row 2 (line 4): duplicate row id 'a' (first at row 0 (line 2))",
                    f"nfaudio {command}: error: {csv}: row 1 (line 3): audio file not found: {tmp_path / 'gone.wav'}"]
     assert not out.exists()  # nothing trained, nothing written
+
+
+# ------------------------------------------------------------------------- OS-level errors on the user's paths
+@pytest.fixture
+def regular_file(tmp_path: Path) -> Path:
+    """A regular file: a path under it cannot be created, even by root (NotADirectoryError)."""
+    path = tmp_path / "a_file"
+    path.write_text("not a folder")
+    return path
+
+
+def _one_line(capsys: pytest.CaptureFixture, command: str) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"nfaudio {command}: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_train_and_cv_out_under_a_regular_file_is_a_one_line_error(command, tiny_birdclef, regular_file, tmp_path,
+                                                                  capsys):
+    from nfaudio.config import dump_config
+
+    recipe = tmp_path / "r.yaml"
+    dump_config(tiny_recipe(tiny_birdclef.root), recipe)
+    out = regular_file / "run"
+    assert main([command, "--recipe", str(recipe), "--out", str(out)]) == 2
+    line = _one_line(capsys, command)
+    assert f"--out {out}: Not a directory" in line
+
+
+def test_predict_out_under_a_regular_file_is_a_one_line_error(ckpt, audio_dir, regular_file, capsys):
+    out = regular_file / "predictions"
+    assert main(["predict", str(ckpt), str(audio_dir), "--out", str(out), "--no-progress"]) == 2
+    assert f"--out {out}: Not a directory" in _one_line(capsys, "predict")
+
+
+def test_export_out_under_a_regular_file_is_a_one_line_error(ckpt, regular_file, capsys):
+    pytest.importorskip("onnx")
+    out = regular_file / "model.onnx"
+    assert main(["export", str(ckpt), "--out", str(out), "--no-check"]) == 2
+    assert f"--out {out}: {regular_file} is not a directory" in _one_line(capsys, "export")
+
+
+def test_demo_out_under_a_regular_file_is_a_one_line_error(regular_file, capsys):
+    out = regular_file / "demo"
+    assert main(["demo", "--fast", "--out", str(out)]) == 2
+    assert f"--out {out}: Not a directory" in _one_line(capsys, "demo")
+
+
+def test_evaluate_inputs_that_are_not_files_are_one_line_errors(regular_file, tmp_path, capsys):
+    bad = regular_file / "solution.csv"
+    assert main(["evaluate", "--metric", "macro_auc", str(bad), str(tmp_path / "s.csv")]) == 2
+    assert f"solution {bad}: Not a directory" in _one_line(capsys, "evaluate")
+    (tmp_path / "solution.csv").write_text("row_id,a\nx_5,1\n")
+    assert main(["evaluate", "--metric", "macro_auc", str(tmp_path / "solution.csv"), str(tmp_path)]) == 2
+    assert f"submission {tmp_path}: Is a directory" in _one_line(capsys, "evaluate")
+
+
+def test_only_os_errors_on_the_users_paths_are_user_errors(monkeypatch, tmp_path, capsys):
+    import nfaudio.demo
+
+    def raising(exc: BaseException):
+        def run_demo(*args, **kwargs):
+            raise exc
+        return run_demo
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["demo", "--out", "demo"]  # relative: matched against the absolute file names of the errors
+    # the user's: a file under --out, a full disk while writing (no file name)
+    inside = PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "demo" / "cv" / "folds.csv"))
+    monkeypatch.setattr(nfaudio.demo, "run_demo", raising(inside))
+    assert main(argv) == 2
+    assert _one_line(capsys, "demo") == (f"nfaudio demo: error: --out demo: Permission denied "
+                                         f"({tmp_path / 'demo' / 'cv' / 'folds.csv'})")
+    monkeypatch.setattr(nfaudio.demo, "run_demo", raising(OSError(errno.ENOSPC, "No space left on device")))
+    assert main(argv) == 2
+    assert _one_line(capsys, "demo") == "nfaudio demo: error: --out demo: No space left on device"
+    with pytest.raises(OSError, match="No space left"):  # --debug: the traceback
+        main(["--debug", *argv])
+    # bugs: an OS error on a path the user did not give, one without a file name, any other exception
+    for exc in (PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "elsewhere" / "x")),
+                NotADirectoryError(errno.ENOTDIR, "Not a directory", str(tmp_path / "demo-other")),
+                OSError(errno.EIO, "Input/output error"), RuntimeError("a bug")):
+        monkeypatch.setattr(nfaudio.demo, "run_demo", raising(exc))
+        with pytest.raises(type(exc)):
+            main(argv)
+        assert capsys.readouterr().err == ""

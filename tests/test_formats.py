@@ -10,7 +10,15 @@ import pandas as pd
 import pytest
 from conftest import ALL_FORMATS, CLASSES
 
-from nfaudio.formats import RAVEN_COLUMNS, row_id, scores_frame, to_detections, to_submission
+from nfaudio.formats import (
+    KALEIDOSCOPE_COLUMNS,
+    RAVEN_COLUMNS,
+    row_id,
+    scores_frame,
+    to_detections,
+    to_kaleidoscope,
+    to_submission,
+)
 from nfaudio.predict import Predictor
 from nfaudio.predict_run import run_prediction
 
@@ -93,3 +101,53 @@ def test_every_output_format_reads_back(ckpt: Path, audio_dir: Path, tmp_path: P
         np.testing.assert_allclose(labels[["start", "end"]].to_numpy(), mine[["start_s", "end_s"]])
         assert list(labels.label) == [f"{c} ({s:.3f})" for c, s in zip(mine.label, mine.score)]
     assert pd.read_csv(out / "errors.csv").empty
+
+    kaleido = out / "kaleidoscope.csv"
+    assert kaleido.read_text().splitlines()[0] == (  # BirdNET-Analyzer's KALEIDOSCOPE_HEADER
+        "INDIR,FOLDER,IN FILE,OFFSET,DURATION,scientific_name,common_name,confidence,lat,lon,week,overlap,sensitivity")
+    _check_kaleidoscope(pd.read_csv(kaleido, dtype={"FOLDER": str}), dets, overlap=0.0)
+
+
+def _check_kaleidoscope(rows: pd.DataFrame, dets: pd.DataFrame, overlap: float) -> None:
+    """Every Kaleidoscope row against its detection, row by row."""
+    assert list(rows.columns) == KALEIDOSCOPE_COLUMNS
+    assert len(rows) == len(dets) > 0
+    for k, det in zip(rows.to_dict("records"), dets.itertuples(index=False)):
+        path = Path(det.file).resolve()
+        assert (k["INDIR"], k["FOLDER"], k["IN FILE"]) == (str(path.parent.parent), path.parent.name, path.name)
+        assert k["OFFSET"] == pytest.approx(det.start_s, abs=1e-6)
+        assert k["DURATION"] == pytest.approx(det.end_s - det.start_s, abs=1e-6)
+        assert k["scientific_name"] == k["common_name"] == det.label
+        assert k["confidence"] == pytest.approx(det.score, rel=1e-5)
+        assert (k["lat"], k["lon"], k["week"], k["sensitivity"]) == (-1, -1, -1, 1.0)
+        assert k["overlap"] == pytest.approx(overlap)
+
+
+def test_kaleidoscope_rows_are_the_detections_with_the_path_split_like_birdnet(tmp_path: Path) -> None:
+    scores = pd.concat([
+        scores_frame(tmp_path / "site1" / "rec1.wav", np.array([0.0, 2.25]), np.array([3.0, 5.25]),
+                     np.array([[0.9, 0.1, 0.6], [0.2, 0.3, 0.1]], np.float32), CLASSES),
+        scores_frame(tmp_path / "site2" / "rec2.flac", np.array([0.0]), np.array([3.0]),
+                     np.array([[0.0, 0.7, 0.0]], np.float32), CLASSES)])
+    dets = to_detections(scores, threshold=0.5)
+    rows = to_kaleidoscope(dets, overlap=0.75)
+    assert list(rows.columns) == KALEIDOSCOPE_COLUMNS
+    assert rows.values.tolist() == [
+        [str(tmp_path), "site1", "rec1.wav", 0.0, 3.0, "alpha", "alpha", pytest.approx(0.9), -1, -1, -1, 0.75, 1.0],
+        [str(tmp_path), "site1", "rec1.wav", 0.0, 3.0, "gamma", "gamma", pytest.approx(0.6), -1, -1, -1, 0.75, 1.0],
+        [str(tmp_path), "site2", "rec2.flac", 0.0, 3.0, "beta", "beta", pytest.approx(0.7), -1, -1, -1, 0.75, 1.0]]
+    assert to_kaleidoscope(dets, overlap=-1.0)["overlap"].tolist() == [0.0] * 3  # a gap between windows: none
+
+
+def test_kaleidoscope_of_overlapping_windows_and_of_an_empty_run(ckpt: Path, audio_dir: Path, tmp_path: Path) -> None:
+    pred = Predictor.from_checkpoint(ckpt, hop=0.5, num_workers=0)
+    run_prediction(pred, [audio_dir], tmp_path / "a", formats=["detections", "kaleidoscope"], threshold=0.2,
+                   progress=False)
+    dets = pd.read_csv(tmp_path / "a" / "detections.csv")
+    _check_kaleidoscope(pd.read_csv(tmp_path / "a" / "kaleidoscope.csv", dtype={"FOLDER": str}), dets, overlap=0.5)
+    bad = tmp_path / "in" / "broken.wav"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not audio at all")
+    summary = run_prediction(pred, [bad], tmp_path / "b", formats=["kaleidoscope"], progress=False)
+    assert (summary.n_files, summary.n_failed) == (1, 1)
+    assert (tmp_path / "b" / "kaleidoscope.csv").read_text() == ",".join(KALEIDOSCOPE_COLUMNS) + "\n"

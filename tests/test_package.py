@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,8 +139,9 @@ def test_no_import_cycle_among_nfaudio_modules() -> None:
 
 
 def test_leaves_import_no_job_module() -> None:
-    # config, choices, schema, fileio and runtime sit under everything else: they import only each other
-    leaves = {"nfaudio.config", "nfaudio.choices", "nfaudio.schema", "nfaudio.fileio", "nfaudio.runtime"}
+    # config, choices, schema, fileio, runtime and recipes sit under everything else: they import only each other
+    leaves = {"nfaudio.config", "nfaudio.choices", "nfaudio.schema", "nfaudio.fileio", "nfaudio.runtime",
+              "nfaudio.recipes"}
     graph = _import_graph()
     for leaf in leaves:
         assert graph[leaf] <= leaves, (leaf, graph[leaf] - leaves)
@@ -155,3 +158,82 @@ def test_module_is_small_and_declares_all(name: str) -> None:
     assert hasattr(module, "__all__"), f"{name} has no __all__"
     missing = [n for n in module.__all__ if not hasattr(module, n)]
     assert not missing, f"{name}.__all__ names missing objects {missing}"
+
+
+# ------------------------------------------------------------------------- the wheel, installed outside the checkout
+def _write_digits(root: Path) -> Path:
+    """An FSDD-like manifest (filename,label,official_split,fold,group) of 8 kHz tones: 3 digits, 2 speakers."""
+    import pandas as pd
+    from conftest import write_tone
+
+    rows = []
+    for g, group in enumerate(("ann", "bob")):
+        for label in range(3):
+            for take in range(2):
+                name = f"audio/{label}_{group}_{take}.wav"
+                write_tone(root / name, 0.5, sr=8000, seed=label)
+                rows.append({"filename": name, "label": label, "official_split": "test" if take == 0 else "train",
+                             "fold": g + 1, "group": group})
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    return root / "metadata.csv"
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_the_installed_wheel_ships_the_recipes_and_runs_outside_the_checkout(tmp_path: Path) -> None:
+    pytest.importorskip("setuptools", reason="building the wheel without network needs setuptools installed")
+    pytest.importorskip("wheel", reason="building the wheel without network needs wheel installed")
+    src = tmp_path / "src"  # a copy: building writes build/ and *.egg-info next to pyproject.toml
+    shutil.copytree(ROOT, src / "nfaudio", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT.parent / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(src)],
+                   check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("nfaudio-*.whl")
+    site = tmp_path / "site"  # nfaudio alone; torch and the rest come from this interpreter's environment
+    subprocess.run([*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)], check=True,
+                   capture_output=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+
+    where = run(sys.executable, "-c", "import nfaudio; print(nfaudio.__file__)")
+    assert Path(where.stdout.strip()).parent == site / "nfaudio", where.stderr
+    nfaudio = (sys.executable, str(site / "bin" / "nfaudio"))  # the wheel's console script
+
+    listed = run(*nfaudio, "recipes")
+    assert listed.returncode == 0, listed.stderr
+    shipped = sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == shipped
+    assert sorted(p.name for p in (site / "nfaudio" / "recipes").glob("*.yaml")) == [f"{n}.yaml" for n in shipped]
+
+    # a shipped recipe's data path points nowhere once installed: a one-line error until --set gives it
+    run_dir = elsewhere / "runs" / "fsdd"
+    missing = run(*nfaudio, "train", "--recipe", "fsdd", "--out", str(run_dir))
+    assert missing.returncode == 2
+    err = missing.stderr.strip().splitlines()
+    assert len(err) == 1, missing.stderr
+    assert "metadata.csv" in err[0]
+
+    manifest = _write_digits(tmp_path / "digits")
+    tiny = ["model.name=nfaudio_tiny", "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=4",
+            "train.eval_batch_size=8", "train.progress=false", "train.device=cpu", "data.num_workers=0",
+            f"data.manifest={manifest}"]
+    trained = run(*nfaudio, "--quiet", "train", "--recipe", "fsdd", *[a for t in tiny for a in ("--set", t)],
+                  "--out", str(run_dir))
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.startswith("best accuracy ")
+    assert (run_dir / "best.pt").is_file()
+    config = (run_dir / "config.yaml").read_text()
+    assert f"manifest: {manifest}" in config
+    assert "n_mels: 64" in config  # the shipped recipe's own settings
+
+    demo = run(*nfaudio, "--quiet", "demo", "--fast", "--out", str(elsewhere / "demo"))
+    assert demo.returncode == 0, demo.stderr
+    assert "demo CV mean macro_auc" in demo.stdout
+    assert (elsewhere / "demo" / "summary.json").is_file()
+    assert (elsewhere / "demo" / "predict" / "submission.csv").is_file()

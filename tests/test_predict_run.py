@@ -107,6 +107,6 @@ def test_kill_9_then_resume_gives_identical_outputs(ckpt: Path, tmp_path: Path) 
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
     snap, clean = _snapshot(killed), _snapshot(tmp_path / "clean")
     assert set(snap) == set(clean)
-    assert len(snap) == 4 + 2 * 12 + 1
+    assert len(snap) == 5 + 2 * 12 + 1  # combined outputs, per-file Raven and Audacity tables, errors.csv
     for name in clean:
         assert snap[name] == clean[name], name

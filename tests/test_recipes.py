@@ -1,5 +1,6 @@
-"""Recipes: every YAML in recipes/ parses, recipes/README.md documents every config key with its real
-default, and every recipe trains one optimizer step on tiny synthetic data in its own data layout.
+"""Recipes: every shipped YAML (nfaudio/recipes/) parses, recipes/README.md documents every config key with its
+real default, recipes are found by name, and every recipe trains one optimizer step on tiny synthetic data in its
+own data layout.
 
 New recipes are picked up by the glob; their layout (BirdCLEF / CSV manifest / folder-per-class) is chosen
 from ``data.kind`` and ``data.manifest``.
@@ -23,16 +24,17 @@ import torch
 import yaml
 
 from nfaudio.choices import LOSSES
-from nfaudio.config import Config, load_config
+from nfaudio.config import Config, ConfigError, load_config
 from nfaudio.data import read_csv_manifest
 from nfaudio.folds import STRATEGIES, assign_folds
 from nfaudio.metrics import METRICS, accuracy
 from nfaudio.models import list_models, load_model
 from nfaudio.training import build_augment, build_model
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+REPO = Path(__file__).resolve().parents[1]
+RECIPES_DIR = REPO / "nfaudio" / "recipes"  # the shipped recipes, installed with the package
 RECIPES = sorted(RECIPES_DIR.glob("*.yaml"))
-README = RECIPES_DIR / "README.md"
+README = REPO / "recipes" / "README.md"
 SMOKE_SR = 16000  # tiny data is written at this rate; recipes at other rates resample it
 
 
@@ -120,7 +122,7 @@ def test_birdclef2025_recipe_uses_20s_crops_and_macro_auc():
 
 def test_fsdd_recipe_paths_and_speaker_folds():
     cfg = load_config(RECIPES_DIR / "fsdd.yaml")
-    assert Path(cfg.data.manifest) == (RECIPES_DIR / "../../shared/data/fsdd/metadata.csv").resolve()
+    assert Path(cfg.data.manifest) == (REPO.parent / "shared/data/fsdd/metadata.csv").resolve()  # beside the checkout
     assert (cfg.loss.name, cfg.train.metric, cfg.model.head) == ("ce", "accuracy", "pooled")
     assert (cfg.data.split_column, cfg.cv.strategy, cfg.cv.group_column) == ("official_split", "logo", "group")
     if not Path(cfg.data.manifest).is_file():
@@ -134,6 +136,45 @@ def test_fsdd_recipe_paths_and_speaker_folds():
     assert sorted(speakers.index) == [1, 2, 3, 4, 5, 6]  # the manifest's speaker folds, used as is
     assert all(len(s) == 1 for s in speakers)  # one speaker per fold: leave-one-speaker-out
     assert cfg.train.val_fold in speakers.index
+
+
+# ------------------------------------------------------------------------------------------- shipped recipes
+def test_recipes_have_one_home_and_are_found_by_name(tmp_path, monkeypatch):
+    from nfaudio.recipes import list_recipes, recipe_path, shipped_recipes_dir
+
+    assert shipped_recipes_dir() == RECIPES_DIR
+    assert list_recipes() == [p.stem for p in RECIPES]
+    assert sorted(p.name for p in README.parent.iterdir()) == ["README.md"]  # no second copy to drift
+    monkeypatch.chdir(tmp_path)
+    for recipe in RECIPES:
+        assert recipe_path(recipe.stem) == recipe_path(recipe.name) == recipe
+        assert load_config(recipe.stem) == load_config(recipe.name) == load_config(recipe)
+    # a file at the given path wins over the shipped recipe of that name
+    (tmp_path / "fsdd.yaml").write_text("train:\n  epochs: 7\n")
+    assert load_config("fsdd.yaml").train.epochs == 7
+    assert load_config("fsdd").train.epochs == load_config(RECIPES_DIR / "fsdd.yaml").train.epochs == 20
+    with pytest.raises(ConfigError, match=r"recipe not found: fsdx; did you mean 'fsdd'\? \(shipped recipes: "):
+        load_config("fsdx")
+    with pytest.raises(ConfigError, match="recipe not found: sub/fsdd"):  # a path is never a recipe's name
+        load_config("sub/fsdd")
+
+
+def test_nfaudio_recipes_lists_each_with_its_first_comment_line(capsys):
+    from nfaudio.cli import main
+
+    assert main(["recipes"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(RECIPES)
+    for line, recipe in zip(lines, RECIPES):
+        first = recipe.read_text().splitlines()[0]
+        assert first.startswith("# "), f"{recipe.name} starts with no one-line description"
+        assert len(first) > 20, f"{recipe.name}: {first!r} describes nothing"
+        name, description = line.split(maxsplit=1)
+        assert (name, description) == (recipe.stem, first[2:])
+    assert main(["recipes", "fsdd"]) == 0
+    assert capsys.readouterr().out == (RECIPES_DIR / "fsdd.yaml").read_text()
+    assert main(["recipes", "fsdx"]) == 2
+    assert "no shipped recipe 'fsdx'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------- README
