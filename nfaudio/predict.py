@@ -23,7 +23,6 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from nfaudio.choices import LAST_POLICIES
 from nfaudio.config import PredictConfig
 from nfaudio.decode import DecodeSpec, iter_decoded
 from nfaudio.export import export_onnx, read_onnx_metadata
-from nfaudio.formats import scores_frame
+from nfaudio.formats import FileResult
 from nfaudio.inputs import list_audio
 from nfaudio.models import AudioClassifier, load_checkpoint
 from nfaudio.predict_run import RunSummary, run_prediction
@@ -54,33 +53,7 @@ def _file_id(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-# ----------------------------------------------------------------------------- results
-@dataclass
-class FileResult:
-    """One file's predictions (or why it has none).
-
-    Attributes:
-        path: the audio file as listed.
-        index: position in the list given to :meth:`Predictor.iter_results`.
-        starts, ends: window bounds in seconds, shape ``(N,)``.
-        scores: probabilities ``(N, C)`` float32; ``None`` when ``error`` is set.
-        duration: file duration in seconds (from its header).
-        error: the reason the file was skipped, else ``None``.
-    """
-
-    path: Path
-    index: int
-    starts: np.ndarray
-    ends: np.ndarray
-    scores: np.ndarray | None
-    duration: float
-    error: str | None = None
-
-    def to_frame(self, classes: Sequence[str]) -> pd.DataFrame:
-        """The windows as a DataFrame indexed by ``(file, start_s, end_s)``, one column per class."""
-        return scores_frame(self.path, self.starts, self.ends, self.scores, classes)
-
-
+# ----------------------------------------------------------------------------- post-processing
 def smooth_neighbours(scores: np.ndarray, weight: float) -> np.ndarray:
     """``(1 - 2w) p[k] + w (p[k-1] + p[k+1])`` along axis 0; at an end the missing neighbour's weight stays
     on the window itself (``(1 - w) p[0] + w p[1]``). ``weight`` in ``[0, 0.5]``; one window is unchanged."""

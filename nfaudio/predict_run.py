@@ -42,7 +42,8 @@ from nfaudio.formats import (
 from nfaudio.inputs import list_audio
 
 if TYPE_CHECKING:  # type names only: the predictor imports this module, not the other way round
-    from nfaudio.predict import FileResult, Predictor
+    from nfaudio.formats import FileResult
+    from nfaudio.predict import Predictor
 
 __all__ = ["Journal", "RunConflictError", "RunSummary", "run_prediction"]
 
