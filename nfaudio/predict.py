@@ -18,11 +18,12 @@ using the neighbouring audio, and the probabilities are averaged) and neighbour 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,10 @@ class Predictor:
         freq_range: ``(low, high)`` Hz written to Raven tables (default ``(0, sample_rate / 2)``).
         sources: model files, recorded in :meth:`fingerprint` (set by :meth:`from_checkpoint`).
 
+    Attributes:
+        checkpoint_args: ``(path, kwargs)`` that :meth:`from_checkpoint` was called with (the path resolved), so
+            that another process can build the same predictor (:meth:`factory`); ``None`` for in-memory models.
+
     Raises:
         ValueError: an invalid option.
     """
@@ -125,6 +130,7 @@ class Predictor:
         self.sample_rate = int(self.scorer.sample_rate)
         self.freq_range = tuple(freq_range) if freq_range else (0.0, self.sample_rate / 2.0)
         self.sources = [Path(s) for s in sources]
+        self.checkpoint_args: tuple[str, dict[str, Any]] | None = None
         if self.window <= 0 or self.hop <= 0 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("window, hop and batch_size must be positive and num_workers >= 0")
         if last not in LAST_POLICIES:
@@ -160,6 +166,8 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        args = (str(Path(path).resolve()), dict(backend=backend, device=device, threads=threads, precision=precision,
+                                                 **kwargs))
         threads = intra_op_threads(threads, workers=int(kwargs.get("num_workers", 1)))
         paths = find_checkpoints(path)
         if backend == "torch":
@@ -180,7 +188,22 @@ class Predictor:
         meta = metas[0]
         kwargs.setdefault("window", meta["duration"])
         kwargs.setdefault("freq_range", (meta["fmin"], meta["fmax"]))
-        return cls(scorer, meta["classes"], sources=paths, threads=threads, **kwargs)
+        predictor = cls(scorer, meta["classes"], sources=paths, threads=threads, **kwargs)
+        predictor.checkpoint_args = args
+        return predictor
+
+    def factory(self, **overrides: Any) -> Callable[[], Predictor]:
+        """A picklable callable that builds this predictor again in another process (e.g. a Dask worker):
+        :meth:`from_checkpoint` with the same arguments, ``overrides`` replacing some of them.
+
+        Raises:
+            ValueError: the predictor was built from in-memory models, not by :meth:`from_checkpoint`.
+        """
+        if self.checkpoint_args is None:
+            raise ValueError("this predictor holds in-memory models; another process can only rebuild one made by "
+                             "Predictor.from_checkpoint (save the models with nfaudio.save_model first)")
+        path, kwargs = self.checkpoint_args
+        return functools.partial(type(self).from_checkpoint, path, **{**kwargs, **overrides})
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching)."""
