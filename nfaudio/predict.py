@@ -343,4 +343,5 @@ def predictor_options(options: PredictConfig) -> dict[str, Any]:
 def output_options(options: PredictConfig) -> dict[str, Any]:
     """:func:`~nfaudio.predict_run.run_prediction` keyword arguments from a recipe's ``predict`` section."""
     o = options
-    return dict(formats=list(o.formats), table_format=o.table_format, threshold=o.threshold, top_k=o.top_k)
+    return dict(formats=list(o.formats), table_format=o.table_format, threshold=o.threshold, top_k=o.top_k,
+                cluster=o.cluster)

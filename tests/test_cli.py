@@ -125,7 +125,7 @@ def test_predict_flags_recipe_keys_and_python_api_do_not_drift():
     changed = {"window": 4.0, "hop": 2.0, "overlap": 1.0, "batch_size": 7, "last": "drop", "tta_shift": 1.0,
                "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "device": "cpu", "threads": 3,
                "workers": 3, "min_duration": 1.0, "formats": ["raven"], "table_format": "parquet",
-               "threshold": 0.1, "top_k": 2}
+               "threshold": 0.1, "top_k": 2, "cluster": "local:2"}
     assert set(changed) == keys
     for key, value in changed.items():
         other = PredictConfig(**{"window": 5.0, key: value})
