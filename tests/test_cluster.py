@@ -48,7 +48,9 @@ def test_the_three_spec_forms(tmp_path: Path) -> None:
 
 
 def test_an_address_where_no_scheduler_answers_is_a_value_error(tmp_path: Path) -> None:
-    dask = pytest.importorskip("dask")
+    pytest.importorskip("distributed")  # before config.set: leaving it would drop the defaults an import adds
+    import dask
+
     scheduler_file = tmp_path / "scheduler.json"
     scheduler_file.write_text('{"address": "tcp://127.0.0.1:9"}')  # the discard port: nothing listens
     with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
