@@ -92,12 +92,12 @@ def connect(spec: str) -> Iterator[Client]:
     distributed = require("distributed", "dask")
     import dask
 
-    dashboard = ":0" if kind != "local" or importlib.util.find_spec("bokeh") else None  # none without bokeh
+    board = kind != "local" or importlib.util.find_spec("bokeh") is not None  # a dashboard needs bokeh
     with _quiet("distributed", logging.WARNING), contextlib.ExitStack() as stack:
         if kind == "local":
             with dask.config.set(_local_config()):  # read by the nannies when they are made
                 cluster = distributed.LocalCluster(n_workers=value, threads_per_worker=1, processes=True,
-                                                   dashboard_address=dashboard)  # on a free port
+                                                   dashboard_address=":0")  # a free port, not a busy 8787
             stack.callback(_close_local, cluster)
             client = stack.enter_context(distributed.Client(cluster))
         else:
@@ -107,9 +107,8 @@ def connect(spec: str) -> Iterator[Client]:
             except OSError as err:  # timed out or refused
                 raise ValueError(f"cluster {spec!r}: no scheduler answers ({err})") from err
         workers = client.scheduler_info()["workers"]
-        board = f"; dashboard {client.dashboard_link}" if dashboard else ""
         log.info("Dask cluster %s: %d workers, %d threads%s", spec, len(workers),
-                 sum(w["nthreads"] for w in workers.values()), board)
+                 sum(w["nthreads"] for w in workers.values()), f"; dashboard {client.dashboard_link}" if board else "")
         yield client
 
 
