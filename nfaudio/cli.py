@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads (default: usable cores minus decode workers, at least 1)")
     p.add_argument("--min-duration", type=float, default=None, help="shorter files go to errors.csv (0.5 s)")
+    p.add_argument("--cluster", default=None, metavar="SPEC",
+                   help="score on a Dask cluster: local:N (N worker processes here), tcp://HOST:PORT (a running "
+                        "scheduler) or a scheduler file (JSON); needs pip install 'nfaudio[dask]'")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -233,12 +236,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from nfaudio.predict import Predictor, output_options, predictor_options
 
     settings = predict_settings(args)
-    try:
+    try:  # a missing optional runtime (onnxruntime, openvino, dask) is a one-line error
         predictor = Predictor.from_checkpoint(args.model, **predictor_options(settings))
+        summary = predictor.predict_to_dir(args.inputs, args.out, **output_options(settings),
+                                           overwrite=args.overwrite, progress=False if args.no_progress else None)
     except ImportError as err:
         raise _UsageError(str(err)) from err
-    summary = predictor.predict_to_dir(args.inputs, args.out, **output_options(settings), overwrite=args.overwrite,
-                                       progress=False if args.no_progress else None)
     print(summary)
     return 1 if summary.n_failed else 0
 

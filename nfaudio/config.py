@@ -187,7 +187,9 @@ class PredictConfig:
     """Sliding-window prediction over long recordings: every option of ``nfaudio predict`` (flag ``--top-k`` is key
     ``top_k``), whose defaults come from the run's ``config.yaml`` (command-line flags win). ``window: null`` means
     the training duration, ``hop: null`` the window (or ``window - overlap``), ``threads: null`` the thread
-    policy's default (:func:`nfaudio.runtime.intra_op_threads`), ``decode_timeout: null`` no decoder timeout."""
+    policy's default (:func:`nfaudio.runtime.intra_op_threads`; one per task on a Dask cluster), ``decode_timeout:
+    null`` no decoder timeout, ``cluster: null`` this machine (else a Dask cluster spec,
+    :func:`nfaudio.cluster.connect`)."""
 
     window: float | None = None
     hop: float | None = None
@@ -208,6 +210,7 @@ class PredictConfig:
     table_format: str = "csv"
     threshold: float = 0.5
     top_k: int | None = None
+    cluster: str | None = None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Output formats of a prediction: pure converters from the prediction table.
 
 The prediction table is a DataFrame indexed by ``(file, start_s, end_s)`` with one probability column per class
-(:func:`scores_frame` builds it from one file's windows). Converters: :func:`to_submission` (BirdCLEF,
+(:func:`scores_frame` builds it from one file's windows, which a :class:`FileResult` holds). Converters: :func:`to_submission` (BirdCLEF,
 ``row_id = <stem>_<end second>``), :func:`to_table` (wide), :func:`to_detections` (long: file, start_s, end_s,
 label, score above a threshold and/or top-k), :func:`to_raven` (Raven Pro selection table),
 :func:`to_audacity` (label track) and :func:`to_kaleidoscope` (Wildlife Acoustics Kaleidoscope CSV, the columns of
@@ -13,6 +13,7 @@ The journalled run that writes them to disk is :mod:`nfaudio.predict_run`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -21,9 +22,9 @@ import pandas as pd
 
 from nfaudio.choices import FORMATS, TABLE_FORMATS
 
-__all__ = ["FLOAT_FORMAT", "FORMATS", "KALEIDOSCOPE_COLUMNS", "RAVEN_COLUMNS", "TABLE_FORMATS", "empty_output",
-           "format_seconds", "row_id", "scores_frame", "to_audacity", "to_detections", "to_kaleidoscope", "to_raven",
-           "to_submission", "to_table", "write_rows"]
+__all__ = ["FLOAT_FORMAT", "FORMATS", "KALEIDOSCOPE_COLUMNS", "RAVEN_COLUMNS", "TABLE_FORMATS", "FileResult",
+           "empty_output", "format_seconds", "row_id", "scores_frame", "to_audacity", "to_detections",
+           "to_kaleidoscope", "to_raven", "to_submission", "to_table", "write_rows"]
 
 RAVEN_COLUMNS = ["Selection", "View", "Channel", "Begin Time (s)", "End Time (s)", "Low Freq (Hz)",
                  "High Freq (Hz)", "Species", "Confidence"]
@@ -40,6 +41,32 @@ def scores_frame(path: str | Path, starts: np.ndarray, ends: np.ndarray, scores:
     index = pd.MultiIndex.from_arrays([[str(path)] * n, starts, ends], names=["file", "start_s", "end_s"])
     scores = scores if scores is not None else np.zeros((0, len(classes)), np.float32)
     return pd.DataFrame(scores, index=index, columns=list(classes))
+
+
+@dataclass
+class FileResult:
+    """One file's predictions (or why it has none), as :meth:`nfaudio.predict.Predictor.iter_results` yields them.
+
+    Attributes:
+        path: the audio file as listed.
+        index: position in the list given to :meth:`~nfaudio.predict.Predictor.iter_results`.
+        starts, ends: window bounds in seconds, shape ``(N,)``.
+        scores: probabilities ``(N, C)`` float32; ``None`` when ``error`` is set.
+        duration: file duration in seconds (from its header).
+        error: the reason the file was skipped, else ``None``.
+    """
+
+    path: Path
+    index: int
+    starts: np.ndarray
+    ends: np.ndarray
+    scores: np.ndarray | None
+    duration: float
+    error: str | None = None
+
+    def to_frame(self, classes: Sequence[str]) -> pd.DataFrame:
+        """The windows as a DataFrame indexed by ``(file, start_s, end_s)``, one column per class."""
+        return scores_frame(self.path, self.starts, self.ends, self.scores, classes)
 
 
 def format_seconds(values: Iterable[float]) -> list[str]:

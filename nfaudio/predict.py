@@ -18,12 +18,12 @@ using the neighbouring audio, and the probabilities are averaged) and neighbour 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from nfaudio.choices import LAST_POLICIES
 from nfaudio.config import PredictConfig
 from nfaudio.decode import DecodeSpec, iter_decoded
 from nfaudio.export import export_onnx, read_onnx_metadata
-from nfaudio.formats import scores_frame
+from nfaudio.formats import FileResult
 from nfaudio.inputs import list_audio
 from nfaudio.models import AudioClassifier, load_checkpoint
 from nfaudio.predict_run import RunSummary, run_prediction
@@ -54,33 +54,7 @@ def _file_id(path: Path) -> dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-# ----------------------------------------------------------------------------- results
-@dataclass
-class FileResult:
-    """One file's predictions (or why it has none).
-
-    Attributes:
-        path: the audio file as listed.
-        index: position in the list given to :meth:`Predictor.iter_results`.
-        starts, ends: window bounds in seconds, shape ``(N,)``.
-        scores: probabilities ``(N, C)`` float32; ``None`` when ``error`` is set.
-        duration: file duration in seconds (from its header).
-        error: the reason the file was skipped, else ``None``.
-    """
-
-    path: Path
-    index: int
-    starts: np.ndarray
-    ends: np.ndarray
-    scores: np.ndarray | None
-    duration: float
-    error: str | None = None
-
-    def to_frame(self, classes: Sequence[str]) -> pd.DataFrame:
-        """The windows as a DataFrame indexed by ``(file, start_s, end_s)``, one column per class."""
-        return scores_frame(self.path, self.starts, self.ends, self.scores, classes)
-
-
+# ----------------------------------------------------------------------------- post-processing
 def smooth_neighbours(scores: np.ndarray, weight: float) -> np.ndarray:
     """``(1 - 2w) p[k] + w (p[k-1] + p[k+1])`` along axis 0; at an end the missing neighbour's weight stays
     on the window itself (``(1 - w) p[0] + w p[1]``). ``weight`` in ``[0, 0.5]``; one window is unchanged."""
@@ -127,6 +101,10 @@ class Predictor:
         freq_range: ``(low, high)`` Hz written to Raven tables (default ``(0, sample_rate / 2)``).
         sources: model files, recorded in :meth:`fingerprint` (set by :meth:`from_checkpoint`).
 
+    Attributes:
+        checkpoint_args: ``(path, kwargs)`` that :meth:`from_checkpoint` was called with (the path resolved), so
+            that another process can build the same predictor (:meth:`factory`); ``None`` for in-memory models.
+
     Raises:
         ValueError: an invalid option.
     """
@@ -159,6 +137,7 @@ class Predictor:
         self.sample_rate = int(self.scorer.sample_rate)
         self.freq_range = tuple(freq_range) if freq_range else (0.0, self.sample_rate / 2.0)
         self.sources = [Path(s) for s in sources]
+        self.checkpoint_args: tuple[str, dict[str, Any]] | None = None
         if self.window <= 0 or self.hop <= 0 or self.batch_size < 1 or self.num_workers < 0:
             raise ValueError("window, hop and batch_size must be positive and num_workers >= 0")
         if (self.decode_timeout is not None and self.decode_timeout < 0) or self.decode_timeout_factor < 0:
@@ -196,6 +175,8 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        args = (str(Path(path).resolve()), dict(backend=backend, device=device, threads=threads, precision=precision,
+                                                 **kwargs))
         threads = intra_op_threads(threads, workers=int(kwargs.get("num_workers", 1)))
         paths = find_checkpoints(path)
         if backend == "torch":
@@ -216,7 +197,22 @@ class Predictor:
         meta = metas[0]
         kwargs.setdefault("window", meta["duration"])
         kwargs.setdefault("freq_range", (meta["fmin"], meta["fmax"]))
-        return cls(scorer, meta["classes"], sources=paths, threads=threads, **kwargs)
+        predictor = cls(scorer, meta["classes"], sources=paths, threads=threads, **kwargs)
+        predictor.checkpoint_args = args
+        return predictor
+
+    def factory(self, **overrides: Any) -> Callable[[], Predictor]:
+        """A picklable callable that builds this predictor again in another process (e.g. a Dask worker):
+        :meth:`from_checkpoint` with the same arguments, ``overrides`` replacing some of them.
+
+        Raises:
+            ValueError: the predictor was built from in-memory models, not by :meth:`from_checkpoint`.
+        """
+        if self.checkpoint_args is None:
+            raise ValueError("this predictor holds in-memory models; another process can only rebuild one made by "
+                             "Predictor.from_checkpoint (save the models with nfaudio.save_model first)")
+        path, kwargs = self.checkpoint_args
+        return functools.partial(type(self).from_checkpoint, path, **{**kwargs, **overrides})
 
     def fingerprint(self) -> dict[str, Any]:
         """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching)."""
@@ -358,4 +354,5 @@ def predictor_options(options: PredictConfig) -> dict[str, Any]:
 def output_options(options: PredictConfig) -> dict[str, Any]:
     """:func:`~nfaudio.predict_run.run_prediction` keyword arguments from a recipe's ``predict`` section."""
     o = options
-    return dict(formats=list(o.formats), table_format=o.table_format, threshold=o.threshold, top_k=o.top_k)
+    return dict(formats=list(o.formats), table_format=o.table_format, threshold=o.threshold, top_k=o.top_k,
+                cluster=o.cluster)

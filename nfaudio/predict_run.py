@@ -43,7 +43,8 @@ from nfaudio.formats import (
 from nfaudio.inputs import list_audio
 
 if TYPE_CHECKING:  # type names only: the predictor imports this module, not the other way round
-    from nfaudio.predict import FileResult, Predictor
+    from nfaudio.formats import FileResult
+    from nfaudio.predict import Predictor
 
 __all__ = ["Journal", "RunConflictError", "RunSummary", "run_prediction"]
 
@@ -197,7 +198,7 @@ def _write_per_file(out_dir: Path, name: str, detections: pd.DataFrame, formats:
 def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], out_dir: str | os.PathLike,
                    formats: Sequence[str] = ("submission", "table"), table_format: str = "csv",
                    threshold: float = 0.5, top_k: int | None = None, overwrite: bool = False,
-                   progress: bool | None = None) -> RunSummary:
+                   progress: bool | None = None, cluster: str | None = None) -> RunSummary:
     """Score every audio file under ``inputs`` and write the chosen outputs to ``out_dir``; resumable.
 
     Outputs (``formats``): ``submission`` -> ``submission.csv``; ``table`` -> ``scores.csv`` or
@@ -206,6 +207,8 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
     ``audacity/<file>.txt``; ``kaleidoscope`` -> ``kaleidoscope.csv`` (the detections as Kaleidoscope CSV).
     ``errors.csv`` (file, reason) is always written. Per-file names are the paths relative to the input files'
     common folder.
+    With ``cluster``, the files are scored by Dask workers (:mod:`nfaudio.cluster`) and this process keeps the
+    same journal: resume, ``errors.csv`` and the outputs are those of a run without a cluster.
 
     Args:
         predictor: the :class:`~nfaudio.predict.Predictor`.
@@ -217,16 +220,26 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
         top_k: at most this many detections per window (the best ones).
         overwrite: discard a previous run in ``out_dir`` instead of resuming it.
         progress: show a progress bar (default: when stderr is a terminal).
+        cluster: score on a Dask cluster: ``local:N``, ``tcp://HOST:PORT`` or a scheduler file
+            (:func:`nfaudio.cluster.connect`); the predictor must come from ``Predictor.from_checkpoint``.
 
     Returns:
         A :class:`RunSummary`.
 
     Raises:
         FileNotFoundError: an input does not exist.
-        ValueError: unknown format, no audio files, missing parquet engine.
+        ValueError: unknown format, no audio files, missing parquet engine; a bad cluster spec, or a cluster with
+            a predictor of in-memory models.
+        ImportError: a cluster without dask.distributed installed.
         RunConflictError: ``out_dir`` holds a run with other settings.
     """
     from tqdm.auto import tqdm  # deferred: only a run needs the progress bar
+
+    if cluster is not None:
+        from nfaudio.cluster import check_spec, score_on_cluster, worker_factory
+
+        factory = worker_factory(predictor)  # all checked before anything is written
+        check_spec(cluster)
 
     bad = sorted(set(formats) - set(FORMATS))
     if bad or table_format not in TABLE_FORMATS:
@@ -254,8 +267,9 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
     audio, t0 = 0.0, time.perf_counter()
     bar = tqdm(total=len(files), initial=n_resumed, unit="file", desc="predict", file=sys.stderr,
                disable=None if progress is None else not progress, dynamic_ncols=True)
+    results = predictor.iter_results(todo) if cluster is None else score_on_cluster(cluster, factory, todo)
     try:
-        for res in predictor.iter_results(todo):
+        for res in results:
             key = _key(res.path)
             if res.error:
                 errors[key] = res.error
@@ -268,6 +282,7 @@ def run_prediction(predictor: Predictor, inputs: Iterable[str | os.PathLike], ou
             bar.set_postfix_str(f"{audio / 3600:.2f} h audio, {rate:.0f}x real time, {len(errors)} failed")
             bar.update(1)
     finally:
+        results.close()  # stops decode workers or Dask tasks at once, also on an error
         bar.close()
         journal.close()
     outputs = _finalize(predictor, files, journal, errors, names, out_dir, formats, table_format, threshold, top_k)

@@ -129,7 +129,7 @@ def test_predict_flags_recipe_keys_and_python_api_do_not_drift():
                "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "device": "cpu", "threads": 3,
                "workers": 3, "decode_timeout": 5.0, "decode_timeout_factor": 0.5, "min_duration": 1.0,
                "formats": ["raven"], "table_format": "parquet",
-               "threshold": 0.1, "top_k": 2}
+               "threshold": 0.1, "top_k": 2, "cluster": "local:2"}
     assert set(changed) == keys
     for key, value in changed.items():
         other = PredictConfig(**{"window": 5.0, key: value})

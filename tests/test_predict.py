@@ -80,6 +80,26 @@ def test_predictor_leaves_the_callers_model_as_it_found_it(ckpt: Path, audio_dir
     np.testing.assert_allclose(first.to_numpy(), ref, atol=1e-6)
 
 
+def test_factory_rebuilds_the_predictor_in_another_process(ckpt: Path, audio_dir: Path) -> None:
+    import pickle
+
+    pred = Predictor.from_checkpoint(ckpt, hop=0.5, batch_size=3, num_workers=0, threads=1)
+    rebuilt = pickle.loads(pickle.dumps(pred.factory()))()  # what a Dask worker receives and calls
+    assert rebuilt is not pred
+    assert rebuilt.fingerprint() == pred.fingerprint()
+    assert rebuilt.checkpoint_args == pred.checkpoint_args == (str(ckpt.resolve()), {
+        "backend": "torch", "device": "auto", "threads": 1, "precision": "fp32", "hop": 0.5, "batch_size": 3,
+        "num_workers": 0})
+    path = audio_dir / "rec_a.wav"
+    pd.testing.assert_frame_equal(rebuilt.predict_file(path), pred.predict_file(path), check_exact=True)
+    other = pred.factory(batch_size=5, num_workers=2)()
+    assert (other.batch_size, other.num_workers, other.hop) == (5, 2, 0.5)
+    in_memory = Predictor(load_model(ckpt), CLASSES, window=1.0, num_workers=0)
+    assert in_memory.checkpoint_args is None
+    with pytest.raises(ValueError, match="in-memory models"):
+        in_memory.factory()
+
+
 def test_ensemble_is_mean_of_members(cv_dir: Path, audio_dir: Path) -> None:
     inputs = [audio_dir / "rec_a.wav"]
     both = Predictor.from_checkpoint(cv_dir, num_workers=0).predict(inputs)
