@@ -1,13 +1,12 @@
 """Output formats of a prediction: pure converters from the prediction table.
 
 The prediction table is a DataFrame indexed by ``(file, start_s, end_s)`` with one probability column per class
-(:func:`scores_frame` builds it from one file's windows, which a :class:`FileResult` holds). Converters: :func:`to_submission` (BirdCLEF,
-``row_id = <stem>_<end second>``), :func:`to_table` (wide), :func:`to_detections` (long: file, start_s, end_s,
-label, score above a threshold and/or top-k), :func:`to_raven` (Raven Pro selection table),
-:func:`to_audacity` (label track) and :func:`to_kaleidoscope` (Wildlife Acoustics Kaleidoscope CSV, the columns of
-BirdNET-Analyzer's ``--rtype kaleidoscope``); :func:`write_rows` writes any of them as CSV/TSV with exact
-decimal times.
-The journalled run that writes them to disk is :mod:`nfaudio.predict_run`.
+(:func:`scores_frame` builds it from one file's windows, which a :class:`FileResult` holds). Converters:
+:func:`to_submission` (BirdCLEF, ``row_id = <stem>_<end second>``), :func:`to_table` (wide), :func:`to_detections`
+(long: file, start_s, end_s, label, score above a threshold and/or top-k), :func:`to_raven` (Raven Pro selection
+table), :func:`to_audacity` (label track) and :func:`to_kaleidoscope` (Wildlife Acoustics Kaleidoscope CSV, the
+columns of BirdNET-Analyzer's ``--rtype kaleidoscope``); :func:`write_rows` writes any of them as CSV/TSV with exact
+decimal times. The journalled run that writes them to disk is :mod:`nfaudio.predict_run`.
 """
 
 from __future__ import annotations
