@@ -8,14 +8,14 @@ unambiguous. All randomness comes from the ``np.random.Generator`` passed in.
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["SPECIES", "Event", "NoiseProfile", "SpeciesSpec", "events_to_labels", "make_call", "make_clip",
-           "make_soundscape"]
+__all__ = ["SPECIES", "Event", "NoiseProfile", "SpeciesSpec", "background", "events_to_labels", "make_call",
+           "make_clip", "make_soundscape"]
 
 _F_MAX = 12000.0  # top call frequency (Hz) at sample rates >= _SCALE_SR
 _SCALE_SR = 25600.0  # below it, call frequencies scale by sr / _SCALE_SR (12 kHz -> 7.5 kHz at 16 kHz)
@@ -80,6 +80,9 @@ class NoiseProfile:
     wind: float = 0.0
 
 
+CallTransform = Callable[[np.ndarray, np.random.Generator], np.ndarray]  # a call as the recorder hears it
+Background = Callable[[int, np.random.Generator], np.ndarray]  # n samples of unit-RMS background noise
+
 
 def _tukey(n: int, frac: float) -> np.ndarray:
     ramp = max(1, int(frac * n / 2))
@@ -128,7 +131,7 @@ def make_call(species: str | SpeciesSpec, sr: int, rng: np.random.Generator) -> 
     return y.astype(np.float32)
 
 
-def _background(n: int, sr: int, rng: np.random.Generator, profile: NoiseProfile) -> np.ndarray:
+def background(n: int, sr: int, rng: np.random.Generator, profile: NoiseProfile) -> np.ndarray:
     """Unit-RMS float32 noise (+ gusts, hum) of ``n`` samples, coloured in the frequency domain."""
     m = 1 << max(int(np.ceil(np.log2(max(n, 2)))), 1)  # power-of-two FFT, then truncate
     spec = rng.standard_normal(m + 2, dtype=np.float32).view(np.complex64)
@@ -155,9 +158,11 @@ def _add(y: np.ndarray, call: np.ndarray, start: int) -> int:
 
 
 def _finish(y: np.ndarray, signal_rms: float, snr_db: float | None, noise: NoiseProfile | None, sr: int,
-            rng: np.random.Generator) -> np.ndarray:
+            rng: np.random.Generator, make_background: Background | None = None) -> np.ndarray:
     if snr_db is not None:
-        y += _background(len(y), sr, rng, noise or NoiseProfile()) * np.float32(signal_rms / 10 ** (snr_db / 20))
+        bg = (make_background(len(y), rng) if make_background is not None
+              else background(len(y), sr, rng, noise or NoiseProfile()))
+        y += bg * np.float32(signal_rms / 10 ** (snr_db / 20))
     return y * np.float32(rng.uniform(0.3, 0.9) / max(float(np.abs(y).max()), 1e-9))
 
 
@@ -197,7 +202,8 @@ def make_clip(primary: str, sr: int, rng: np.random.Generator, *, seconds: float
 
 def make_soundscape(species: Sequence[str], sr: int, rng: np.random.Generator, *, seconds: float = 60.0,
                     window: float = 5.0, max_species: int = 3, snr_db: float | None = 10.0,
-                    noise: NoiseProfile | None = None) -> tuple[np.ndarray, list[Event]]:
+                    noise: NoiseProfile | None = None, call_transform: CallTransform | None = None,
+                    make_background: Background | None = None) -> tuple[np.ndarray, list[Event]]:
     """A long recording in which each ``window``-second window holds 0 .. ``max_species`` (<= 5) species.
 
     Each species calls 1-2 times per window at -10..0 dB; every call lies inside one window (0.1 s margins).
@@ -210,6 +216,9 @@ def make_soundscape(species: Sequence[str], sr: int, rng: np.random.Generator, *
         max_species: most species in one window.
         snr_db: mean call RMS over the noise RMS in dB; ``None`` for no background.
         noise: background profile (default ``NoiseProfile()``).
+        call_transform: ``f(call, rng) -> call`` applied to each call before it is placed (e.g. distance and
+            reverberation, :func:`nfaudio.synth.domain.propagate`); the SNR is measured on the transformed calls.
+        make_background: ``f(n, rng) -> unit-RMS noise`` instead of the ``noise`` profile's background.
 
     Returns:
         (float32 waveform (round(seconds * sr),), events sorted by start).
@@ -223,13 +232,16 @@ def make_soundscape(species: Sequence[str], sr: int, rng: np.random.Generator, *
         k = min(int(rng.choice(len(weights), p=weights / weights.sum())), len(species))
         for label in rng.choice(list(species), size=k, replace=False):
             for _ in range(int(rng.integers(1, 3))):
-                call = make_call(str(label), sr, rng)[: max(int((w1 - w0 - 2 * margin) * sr), 1)]
+                call = make_call(str(label), sr, rng)
+                if call_transform is not None:
+                    call = call_transform(call, rng)
+                call = call[: max(int((w1 - w0 - 2 * margin) * sr), 1)]
                 power, count = power + float(np.sum(call.astype(np.float64) ** 2)), count + len(call)
                 start = round(rng.uniform(w0 + margin, max(w1 - margin - len(call) / sr, w0 + margin)) * sr)
                 length = _add(y, call * np.float32(10 ** (rng.uniform(-10.0, 0.0) / 20)), start)
                 events.append(Event(start / sr, (start + length) / sr, str(label)))
     rms = float(np.sqrt(power / count)) if count else 0.3
-    return _finish(y, rms, snr_db, noise, sr, rng), sorted(events)
+    return _finish(y, rms, snr_db, noise, sr, rng, make_background), sorted(events)
 
 
 def events_to_labels(events: Sequence[tuple[float, float, str]], classes: Sequence[str], seconds: float,

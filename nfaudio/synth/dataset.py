@@ -3,6 +3,11 @@
 Layout (Kaggle BirdCLEF 2021-2025): ``train_metadata.csv``, ``train_audio/<label>/<id>.ogg``, ``taxonomy.csv``,
 ``sample_submission.csv``, ``test_soundscapes/*.ogg``, plus ``test_soundscapes_labels.csv`` (row_id
 ``<stem>_<end second>``, one 0/1 column per class) and ``test_soundscapes_events.csv`` (every placed call).
+With ``n_unlabeled_soundscapes``, ``unlabeled_soundscapes/*.ogg`` (BirdCLEF 2024-2025's name) is a pool of
+soundscapes for pseudo-labelling, drawn separately from the labelled test soundscapes; their truth goes to
+``unlabeled_soundscapes_truth.csv`` for analysis only. With ``target_domain`` (:class:`TargetDomain`), all
+soundscapes are recorded in that domain (distant, filtered, reverberant, overlapping calls at low SNR over
+another background) while the training clips are not.
 The signals come from :mod:`nfaudio.synth.calls`. All randomness comes from ``np.random.default_rng``: one seed
 gives identical CSVs and decoded audio.
 """
@@ -21,6 +26,7 @@ import soundfile as sf
 from nfaudio.fileio import atomic_path, write_csv, write_json
 from nfaudio.formats import row_id
 from nfaudio.synth.calls import SPECIES, NoiseProfile, events_to_labels, make_clip, make_soundscape
+from nfaudio.synth.domain import TargetDomain, propagate, target_background
 
 __all__ = ["SYNTH_VERSION", "SynthConfig", "SynthDataset", "generate_dataset"]
 
@@ -28,8 +34,10 @@ logger = logging.getLogger(__name__)
 
 SYNTH_VERSION = 1  # bump when the generator changes so that stored datasets get regenerated
 _CONFIG_FILE, _MARKER_FILE = "synth_config.json", ".synth_incomplete"
-_OUTPUTS = ("train_audio", "test_soundscapes", "train_metadata.csv", "taxonomy.csv", "sample_submission.csv",
-            "test_soundscapes_labels.csv", "test_soundscapes_events.csv", _CONFIG_FILE)
+_OUTPUTS = ("train_audio", "test_soundscapes", "unlabeled_soundscapes", "train_metadata.csv", "taxonomy.csv",
+            "sample_submission.csv", "test_soundscapes_labels.csv", "test_soundscapes_events.csv", _CONFIG_FILE,
+            "unlabeled_soundscapes_truth.csv")
+_ALWAYS = _OUTPUTS[3:9]  # the files every dataset has
 _AUTHORS = ("Ana Souza", "Ben Okafor", "Chen Wei", "Dana Kowalski", "Emil Larsen", "Farah Haddad", "Gita Rao",
             "Hugo Moreau", "Ines Ortega", "Jonas Berg", "Kemi Adeyemi", "Lena Fischer", "Marta Novak",
             "Nils Holm", "Olga Petrova", "Pablo Ruiz")
@@ -53,6 +61,8 @@ class SynthConfig:
     max_species_per_window: int = 3
     authors_per_species: int = 3
     hum_prob: float = 0.3
+    target_domain: TargetDomain | None = None
+    n_unlabeled_soundscapes: int = 0
 
     def __post_init__(self) -> None:
         n_win = self.soundscape_seconds / self.window_seconds if self.window_seconds > 0 else 0.5
@@ -67,6 +77,8 @@ class SynthConfig:
             "max_species_per_window": 0 <= self.max_species_per_window <= 5,
             "authors_per_species": 1 <= self.authors_per_species <= len(_AUTHORS),
             "hum_prob": 0.0 <= self.hum_prob <= 1.0,
+            "target_domain": self.target_domain is None or isinstance(self.target_domain, TargetDomain),
+            "n_unlabeled_soundscapes": self.n_unlabeled_soundscapes >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -100,6 +112,16 @@ class SynthDataset:
     def soundscape_events(self) -> Path:
         return self.root / "test_soundscapes_events.csv"
 
+    @property
+    def unlabeled(self) -> Path:
+        """The pool of unlabelled soundscapes (empty without ``n_unlabeled_soundscapes``)."""
+        return self.root / "unlabeled_soundscapes"
+
+    @property
+    def unlabeled_truth(self) -> Path:
+        """Per-window labels of the unlabelled pool, for measuring pseudo-labels only (never for training)."""
+        return self.root / "unlabeled_soundscapes_truth.csv"
+
 
 
 def _write_csv(df: pd.DataFrame, path: Path) -> None:
@@ -130,7 +152,10 @@ def _is_complete(root: Path, config: SynthConfig) -> bool:
         stems = [r.rsplit("_", 1)[0] for r in pd.read_csv(root / "test_soundscapes_labels.csv")["row_id"]]
     except (OSError, ValueError, KeyError):
         return False
-    files += [f"test_soundscapes/{s}.ogg" for s in sorted(set(stems))] + list(_OUTPUTS[2:])
+    files += [f"test_soundscapes/{s}.ogg" for s in sorted(set(stems))] + list(_ALWAYS)
+    if config.n_unlabeled_soundscapes:
+        files += [f"unlabeled_soundscapes/{_unlabeled_stem(i)}.ogg" for i in range(config.n_unlabeled_soundscapes)]
+        files.append("unlabeled_soundscapes_truth.csv")
     return all((root / f).is_file() for f in files)
 
 
@@ -197,6 +222,37 @@ def _write_clips(root: Path, config: SynthConfig, classes: list[str]) -> list[di
     return rows
 
 
+def _unlabeled_stem(i: int) -> str:
+    return f"unlabeled_{i:05d}"
+
+
+def _soundscape(config: SynthConfig, classes: list[str], rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """One soundscape, in the target domain when the config has one."""
+    sr, domain = config.sample_rate, config.target_domain
+    if domain is None:
+        return make_soundscape(classes, sr, rng, seconds=config.soundscape_seconds, window=config.window_seconds,
+                               max_species=config.max_species_per_window,
+                               snr_db=float(rng.uniform(*config.snr_db)), noise=_noise_profile(rng, config.hum_prob))
+    return make_soundscape(classes, sr, rng, seconds=config.soundscape_seconds, window=config.window_seconds,
+                           max_species=domain.max_species, snr_db=float(rng.uniform(*domain.snr_db)),
+                           call_transform=lambda call, r: propagate(call, sr, r, domain),
+                           make_background=lambda n, r: target_background(n, sr, r, domain))
+
+
+def _soundscape_set(root: Path, folder: str, stems: list[str], config: SynthConfig, classes: list[str],
+                    stream: int) -> tuple[list[str], np.ndarray, list[tuple]]:
+    """Write soundscapes ``folder/<stem>.ogg`` (seeds ``[seed, stream, i]``): row ids, label table, events."""
+    row_ids, tables, event_rows = [], [np.zeros((0, len(classes)), dtype=np.int64)], []
+    win = config.window_seconds
+    for i, stem in enumerate(stems):
+        y, events = _soundscape(config, classes, np.random.default_rng([config.seed, stream, i]))
+        _write_ogg(root / folder / f"{stem}.ogg", y, config.sample_rate)
+        tables.append(events_to_labels(events, classes, config.soundscape_seconds, win))
+        row_ids += [row_id(stem, (w + 1) * win) for w in range(len(tables[-1]))]
+        event_rows += [(stem, round(e.start, 6), round(e.end, 6), e.label) for e in events]
+    return row_ids, np.concatenate(tables), event_rows
+
+
 def generate_dataset(root: str | Path, config: SynthConfig = SynthConfig(),  # noqa: B008 (frozen)
                      overwrite: bool = False) -> SynthDataset:
     """Write a synthetic BirdCLEF-style dataset under ``root``, or reuse a complete one made with ``config``.
@@ -214,7 +270,7 @@ def generate_dataset(root: str | Path, config: SynthConfig = SynthConfig(),  # n
         FileExistsError: ``overwrite`` is False and ``root`` holds another config's dataset or foreign files.
     """
     root = Path(root)
-    classes, sr, win = config.classes, config.sample_rate, config.window_seconds
+    classes = config.classes
     dataset = SynthDataset(root, classes, root / "train_metadata.csv", root / "test_soundscapes_labels.csv")
     if not overwrite and _is_complete(root, config):
         logger.info("reusing the synthetic dataset in %s", root)
@@ -222,19 +278,16 @@ def generate_dataset(root: str | Path, config: SynthConfig = SynthConfig(),  # n
     _prepare_root(root, config, overwrite)
     t0 = time.perf_counter()
     rows = _write_clips(root, config, classes)
-    row_ids, tables, event_rows = [], [np.zeros((0, len(classes)), dtype=np.int64)], []
-    for i in range(config.n_soundscapes):
-        rng = np.random.default_rng([config.seed, 2, i])
-        stem = f"soundscape_{i:05d}"
-        y, events = make_soundscape(classes, sr, rng, seconds=config.soundscape_seconds, window=win,
-                                    max_species=config.max_species_per_window,
-                                    snr_db=float(rng.uniform(*config.snr_db)),
-                                    noise=_noise_profile(rng, config.hum_prob))
-        _write_ogg(root / "test_soundscapes" / f"{stem}.ogg", y, sr)
-        tables.append(events_to_labels(events, classes, config.soundscape_seconds, win))
-        row_ids += [row_id(stem, (w + 1) * win) for w in range(len(tables[-1]))]
-        event_rows += [(stem, round(e.start, 6), round(e.end, 6), e.label) for e in events]
-    table, ids = np.concatenate(tables), pd.DataFrame({"row_id": row_ids})
+    row_ids, table, event_rows = _soundscape_set(root, "test_soundscapes",
+                                                 [f"soundscape_{i:05d}" for i in range(config.n_soundscapes)],
+                                                 config, classes, stream=2)
+    ids = pd.DataFrame({"row_id": row_ids})
+    if config.n_unlabeled_soundscapes:
+        pool_ids, pool_table, _ = _soundscape_set(
+            root, "unlabeled_soundscapes", [_unlabeled_stem(i) for i in range(config.n_unlabeled_soundscapes)],
+            config, classes, stream=3)
+        _write_csv(pd.concat([pd.DataFrame({"row_id": pool_ids}), pd.DataFrame(pool_table, columns=classes)],
+                             axis=1), dataset.unlabeled_truth)
     _write_csv(pd.DataFrame(rows), dataset.metadata)
     _write_csv(pd.DataFrame({
         "primary_label": classes, "inat_taxon_id": [100001 + list(SPECIES).index(c) for c in classes],
@@ -247,6 +300,7 @@ def generate_dataset(root: str | Path, config: SynthConfig = SynthConfig(),  # n
                dataset.soundscape_events)
     write_json(root / _CONFIG_FILE, _stored_config(config), sort_keys=True)
     (root / _MARKER_FILE).unlink()
-    logger.info("generated %d clips and %d soundscapes (%d classes, %d Hz) in %s in %.1f s", len(rows),
-                config.n_soundscapes, len(classes), sr, root, time.perf_counter() - t0)
+    logger.info("generated %d clips, %d soundscapes and %d unlabelled ones (%d classes, %d Hz%s) in %s in %.1f s",
+                len(rows), config.n_soundscapes, config.n_unlabeled_soundscapes, len(classes), config.sample_rate,
+                ", target domain" if config.target_domain else "", root, time.perf_counter() - t0)
     return dataset
