@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __all__ = ["BACKENDS", "CHOICES", "CROPS", "DATA_KINDS", "FOLD_STRATEGIES", "FORMATS", "HEADS", "LAST_POLICIES",
            "LOSSES", "METRIC_NAMES", "MIXUP_RULES", "NOISE_COLORS", "NORMALIZE", "OPTIMIZERS", "PATH_KEYS",
-           "POOLINGS", "PRECISIONS", "SELECT", "TABLE_FORMATS"]
+           "POOLINGS", "PRECISIONS", "PSEUDO_MODES", "PSEUDO_SAMPLING", "SELECT", "TABLE_FORMATS"]
 
 DATA_KINDS = ("auto", "birdclef", "folder", "csv")
 CROPS = ("random", "start", "center")
@@ -26,6 +26,8 @@ BACKENDS = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("fp32", "bf16")
 FORMATS = ("submission", "table", "detections", "raven", "audacity", "kaleidoscope")
 TABLE_FORMATS = ("csv", "parquet")
+PSEUDO_MODES = ("rows", "mix")
+PSEUDO_SAMPLING = ("uniform", "weight")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.kind": DATA_KINDS, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,
@@ -33,7 +35,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.pooling": POOLINGS, "loss.name": LOSSES, "optim.name": OPTIMIZERS, "train.select": SELECT,
     "train.metric": METRIC_NAMES, "cv.strategy": FOLD_STRATEGIES, "predict.last": LAST_POLICIES,
     "predict.backend": BACKENDS, "predict.precision": PRECISIONS, "predict.formats": FORMATS,
-    "predict.table_format": TABLE_FORMATS,
+    "predict.table_format": TABLE_FORMATS, "pseudo.mode": PSEUDO_MODES, "pseudo.sample": PSEUDO_SAMPLING,
+    "pseudo.mix_rule": MIXUP_RULES,
 }
 # Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
-PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files")
+PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files", "pseudo.labels")

@@ -183,6 +183,23 @@ class CVConfig:
 
 
 @dataclass
+class PseudoConfig:
+    """Training on pseudo-labels (:mod:`nfaudio.selftrain.data`): ``labels`` lists pseudo-label folders made by
+    ``nfaudio pseudo-label`` (empty: none); ``mode: rows`` adds their windows as training rows of loss weight
+    ``weight``; ``mode: mix`` mixes each labelled sample (probability ``mix_p``) with one pseudo-labelled window at
+    a weight drawn in ``mix_weight``, targets by ``mix_rule``; ``sample: weight`` draws those windows' files by
+    their summed max probability (``uniform``: every window alike). Pseudo-labelled data never enters validation."""
+
+    labels: list[str] = field(default_factory=list)
+    mode: str = "mix"
+    weight: float = 1.0
+    mix_weight: tuple[float, float] = (0.5, 0.5)
+    mix_p: float = 1.0
+    mix_rule: str = "max"
+    sample: str = "weight"
+
+
+@dataclass
 class PredictConfig:
     """Sliding-window prediction over long recordings: every option of ``nfaudio predict`` (flag ``--top-k`` is key
     ``top_k``), whose defaults come from the run's ``config.yaml`` (command-line flags win). ``window: null`` means
@@ -227,6 +244,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict[str, Any]:

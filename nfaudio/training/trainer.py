@@ -31,6 +31,7 @@ from nfaudio.metrics import get_metric
 from nfaudio.models import save_model
 from nfaudio.rundir import RunDir
 from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
+from nfaudio.selftrain.data import pseudo_training_set
 from nfaudio.training.build import (
     build_augment,
     build_model,
@@ -157,6 +158,12 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     train_ds = AudioDataset(train_set, sample_rate=a.sample_rate, duration=a.duration, train=True,
                             transform=transform, secondary_weight=cfg.loss.secondary_weight,
                             label_smoothing=cfg.loss.label_smoothing, use_rating=t.use_rating, seed=seed)
+    if cfg.pseudo.labels:  # training rows only: validation stays labelled
+        p = cfg.pseudo
+        train_ds = pseudo_training_set(train_ds, p.labels, classes, mode=p.mode, sample_rate=a.sample_rate,
+                                       duration=a.duration, weight=p.weight, mix_weight=p.mix_weight, mix_p=p.mix_p,
+                                       mix_rule=p.mix_rule, sampling=p.sample, transform=transform, seed=seed)
+    use_weights = t.use_rating or (bool(cfg.pseudo.labels) and cfg.pseudo.mode == "rows")
     if val_set is not None:
         val_ds = AudioDataset(val_set, sample_rate=a.sample_rate, duration=a.duration, train=False,
                               secondary_weight=1.0, crop=a.eval_crop)
@@ -166,6 +173,9 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     mixup = Mixup(alpha=cfg.augment.mixup_alpha, p=cfg.augment.mixup_p, rule=cfg.augment.mixup_rule)
     sample_weights = (class_balanced_weights(train_set, alpha=t.balanced_alpha)
                       if t.balanced_alpha is not None else None)
+    if sample_weights is not None and len(train_ds) > len(sample_weights):  # pseudo rows: an average row's chance
+        extra = np.full(len(train_ds) - len(sample_weights), sample_weights.mean())
+        sample_weights = np.concatenate([sample_weights, extra])
 
     workers = cfg.data.num_workers
     loader_kw = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
@@ -242,7 +252,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
             wave, target, weight = mixup(wave, target, weight, generator=mix_gen)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 out = step_model(wave)
-            loss = loss_fn(out.clip, out.frame, target, weight if t.use_rating else None)
+            loss = loss_fn(out.clip, out.frame, target, weight if use_weights else None)
             scaler.scale(loss / t.accum_steps).backward()
             if (step + 1) % t.accum_steps == 0 or step + 1 == steps_per_epoch:
                 if agc is not None:
