@@ -7,7 +7,8 @@ from __future__ import annotations
 
 __all__ = ["BACKENDS", "CHOICES", "CROPS", "DATA_KINDS", "FOLD_STRATEGIES", "FORMATS", "HEADS", "LAST_POLICIES",
            "LOSSES", "METRIC_NAMES", "MIXUP_RULES", "NOISE_COLORS", "NORMALIZE", "OPTIMIZERS", "PATH_KEYS",
-           "POOLINGS", "PRECISIONS", "PSEUDO_MODES", "PSEUDO_SAMPLING", "SELECT", "TABLE_FORMATS"]
+           "POOLINGS", "PRECISIONS", "PSEUDO_MODES", "PSEUDO_SAMPLING", "SELECT", "TABLE_FORMATS",
+           "DISTILL_LOSSES"]
 
 DATA_KINDS = ("auto", "birdclef", "folder", "csv")
 CROPS = ("random", "start", "center")
@@ -28,6 +29,7 @@ FORMATS = ("submission", "table", "detections", "raven", "audacity", "kaleidosco
 TABLE_FORMATS = ("csv", "parquet")
 PSEUDO_MODES = ("rows", "mix")
 PSEUDO_SAMPLING = ("uniform", "weight")
+DISTILL_LOSSES = ("bce", "kl")
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.kind": DATA_KINDS, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,
@@ -36,7 +38,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.metric": METRIC_NAMES, "cv.strategy": FOLD_STRATEGIES, "predict.last": LAST_POLICIES,
     "predict.backend": BACKENDS, "predict.precision": PRECISIONS, "predict.formats": FORMATS,
     "predict.table_format": TABLE_FORMATS, "pseudo.mode": PSEUDO_MODES, "pseudo.sample": PSEUDO_SAMPLING,
-    "pseudo.mix_rule": MIXUP_RULES,
+    "pseudo.mix_rule": MIXUP_RULES, "distill.loss": DISTILL_LOSSES,
 }
 # Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
-PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files", "pseudo.labels")
+PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files", "pseudo.labels",
+             "distill.teacher")

@@ -200,6 +200,18 @@ class PseudoConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation (:mod:`nfaudio.training.distill`): with a ``teacher`` (a checkpoint, run or CV run;
+    null: none) every training batch is also scored by the teacher, and the loss becomes ``(1 - alpha) * hard +
+    alpha * T**2 * soft`` with ``soft`` the ``loss`` (bce or kl) to the teacher's probabilities at temperature T."""
+
+    teacher: str | None = None
+    loss: str = "bce"
+    temperature: float = 1.0
+    alpha: float = 0.5
+
+
+@dataclass
 class PredictConfig:
     """Sliding-window prediction over long recordings: every option of ``nfaudio predict`` (flag ``--top-k`` is key
     ``top_k``), whose defaults come from the run's ``config.yaml`` (command-line flags win). ``window: null`` means
@@ -245,6 +257,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cv: CVConfig = field(default_factory=CVConfig)
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
 
     def to_dict(self) -> dict[str, Any]:

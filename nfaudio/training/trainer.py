@@ -40,6 +40,7 @@ from nfaudio.training.build import (
     cosine_lambda,
     is_normalizer_free,
 )
+from nfaudio.training.distill import Distiller, load_teacher
 from nfaudio.training.distributed import (
     World,
     barrier,
@@ -164,6 +165,13 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
                                        duration=a.duration, weight=p.weight, mix_weight=p.mix_weight, mix_p=p.mix_p,
                                        mix_rule=p.mix_rule, sampling=p.sample, transform=transform, seed=seed)
     use_weights = t.use_rating or (bool(cfg.pseudo.labels) and cfg.pseudo.mode == "rows")
+    distiller = None
+    if cfg.distill.teacher:
+        d = cfg.distill
+        distiller = Distiller(load_teacher(d.teacher, classes, a.sample_rate), d.loss, d.temperature,
+                              d.alpha).to(device)
+        log.info("distilling from %s (%d model(s), %s, T=%g, alpha=%g)", d.teacher, len(distiller.teachers),
+                 d.loss, d.temperature, d.alpha)
     if val_set is not None:
         val_ds = AudioDataset(val_set, sample_rate=a.sample_rate, duration=a.duration, train=False,
                               secondary_weight=1.0, crop=a.eval_crop)
@@ -253,6 +261,8 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 out = step_model(wave)
             loss = loss_fn(out.clip, out.frame, target, weight if use_weights else None)
+            if distiller is not None:
+                loss = distiller(loss, out.clip, wave, weight if use_weights else None)
             scaler.scale(loss / t.accum_steps).backward()
             if (step + 1) % t.accum_steps == 0 or step + 1 == steps_per_epoch:
                 if agc is not None:
