@@ -8,6 +8,7 @@ per problem); ``--debug`` shows the traceback. Any other exception is a bug and 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -28,6 +29,29 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
                    help="YAML recipe file, or a shipped recipe's name (`nfaudio recipes` lists them)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe key, e.g. --set optim.lr=0.01 (repeatable)")
+
+
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """How a model scores windows (keys of the recipe's predict section): backend, windows, workers, threads."""
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="torch (default), onnxruntime, openvino")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
+    p.add_argument("--window", type=float, default=None, help="window seconds (default: the training duration)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (32)")
+    hop = p.add_mutually_exclusive_group()
+    hop.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: window)")
+    hop.add_argument("--overlap", type=float, default=None, help="seconds shared by consecutive windows")
+    p.add_argument("--last", choices=LAST_POLICIES, default=None,
+                   help="last window: zero-pad a partial one (pad), drop it, or shift it back to end at the file end")
+    p.add_argument("--workers", type=int, default=None, help="decode processes (1; 0: decode in the main process)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="inference threads (default: usable cores minus decode workers, at least 1)")
+
+
+def _add_pseudo_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--power", type=float, default=1.0, help="sharpen the pseudo-labels: p ** POWER (1: as scored)")
+    p.add_argument("--floor", type=float, default=0.0,
+                   help="leave out windows whose best probability is below this (0: keep all)")
+    p.add_argument("--top-k", type=int, default=None, help="keep each window's K best classes, the rest 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,34 +101,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--table-format", choices=TABLE_FORMATS, default=None, help="wide table file type (csv)")
     p.add_argument("--threshold", type=float, default=None, help="minimum score of a detection (0.5)")
     p.add_argument("--top-k", type=int, default=None, help="at most K detections per window")
-    p.add_argument("--backend", choices=BACKENDS, default=None, help="torch (default), onnxruntime, openvino")
+    _add_scoring_args(p)
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="openvino only: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX, scores approximate")
-    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, ...")
-    p.add_argument("--window", type=float, default=None, help="window seconds (default: the training duration)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (32)")
-    hop = p.add_mutually_exclusive_group()
-    hop.add_argument("--hop", type=float, default=None, help="seconds between window starts (default: window)")
-    hop.add_argument("--overlap", type=float, default=None, help="seconds shared by consecutive windows")
-    p.add_argument("--last", choices=LAST_POLICIES, default=None,
-                   help="last window: zero-pad a partial one (pad), drop it, or shift it back to end at the file end")
     p.add_argument("--tta-shift", type=float, default=None, metavar="S",
                    help="time-shift TTA: average each window with the windows shifted by -S and +S seconds")
     p.add_argument("--smoothing", type=float, default=None, help="neighbour-smoothing weight in [0, 0.5] (0)")
-    p.add_argument("--workers", type=int, default=None, help="decode processes (1; 0: decode in the main process)")
     p.add_argument("--decode-timeout", type=float, default=None, metavar="S",
                    help="a decode worker stuck on a file for S + F x duration seconds is killed and the file goes "
                         "to errors.csv (60; not with --workers 0)")
     p.add_argument("--decode-timeout-factor", type=float, default=None, metavar="F",
                    help="decode timeout seconds per second of audio (1.0)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="inference threads (default: usable cores minus decode workers, at least 1)")
     p.add_argument("--min-duration", type=float, default=None, help="shorter files go to errors.csv (0.5 s)")
     p.add_argument("--cluster", default=None, metavar="SPEC",
                    help="score on a Dask cluster: local:N (N worker processes here), tcp://HOST:PORT (a running "
                         "scheduler) or a scheduler file (JSON); needs pip install 'nfaudio[dask]'")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("pseudo-label", help="score unlabelled recordings with a teacher: a pseudo-label table",
+                       description="Write OUT/pseudo_labels.csv (sharpened soft targets per window), pseudo_files.csv "
+                                   "(per-file weights) and pseudo_labels.json; re-run to resume. Train on it with the "
+                                   "recipe key pseudo.labels.")
+    p.add_argument("model", type=Path, help="teacher: checkpoint, run dir or CV dir (fold ensemble)")
+    p.add_argument("inputs", nargs="+", type=Path, help="unlabelled audio files, folders or manifests")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output directory")
+    p.add_argument("--recipe", "-r", type=Path, default=None,
+                   help="the student's recipe: its audio.duration is the window (default: the teacher's duration)")
+    _add_scoring_args(p)
+    _add_pseudo_args(p)
+    p.add_argument("--overwrite", action="store_true", help="discard earlier scores in --out instead of resuming")
+
+    p = sub.add_parser("self-train", help="noisy-student rounds: teacher -> pseudo-labels -> student, K times",
+                       description="Round 0 trains the recipe on its labelled data; each further round pseudo-labels "
+                                   "the unlabelled audio with the previous round's model and trains a noisier student "
+                                   "on both. Writes OUT/round<k>/, rounds.csv, rounds.json, rounds.png; re-run to "
+                                   "resume.")
+    _add_recipe_args(p)
+    p.add_argument("--unlabelled", nargs="+", type=Path, required=True, help="unlabelled audio files or folders")
+    p.add_argument("--rounds", type=int, default=3, help="student rounds after the teacher (3)")
+    p.add_argument("--out", "-o", type=Path, required=True, help="output directory (re-run to resume)")
+    _add_pseudo_args(p)
+    p.add_argument("--cv", action="store_true", help="train each round as the recipe's K-fold CV (fold ensembles)")
+    p.add_argument("--student-set", dest="student_overrides", action="append", default=None,
+                   metavar="SECTION.KEY=VALUE", help="recipe keys of the students (default: drop-path +0.1, "
+                                                     "SpecAugment p >= 0.5; repeatable)")
+    p.add_argument("--eval-audio", nargs="+", type=Path, default=(), help="labelled evaluation recordings")
+    p.add_argument("--eval-labels", type=Path, default=None,
+                   help="their per-window labels (row_id = <file stem>_<end second>, one 0/1 column per class)")
+    p.add_argument("--workers", type=int, default=None, help="decode processes while scoring (1)")
 
     p = sub.add_parser("export", help="export a model (log-mel frontend included) to ONNX")
     p.add_argument("model", type=Path, help="checkpoint, run dir or CV dir")
@@ -221,12 +266,11 @@ PREDICT_RUN_FLAGS = ("model", "inputs", "out", "overwrite", "no_progress")
 def predict_settings(args: argparse.Namespace) -> PredictConfig:
     """The run's ``predict`` section with the flags given on the command line applied (flags win; ``--hop`` or
     ``--overlap`` replaces both of the run's)."""
-    import dataclasses
-
     from nfaudio.rundir import run_of
 
     settings = run_of(args.model).predict_defaults()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if getattr(args, f.name) is not None}
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings)
+             if getattr(args, f.name, None) is not None}  # a command without some of predict's flags leaves them
     if "hop" in given or "overlap" in given:
         given = {"hop": None, "overlap": None, **given}
     return dataclasses.replace(settings, **given)
@@ -244,6 +288,42 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise _UsageError(str(err)) from err
     print(summary)
     return 1 if summary.n_failed else 0
+
+
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from nfaudio.config import load_config
+    from nfaudio.predict import Predictor, predictor_options
+    from nfaudio.selftrain import pseudo_label
+
+    settings = predict_settings(args)
+    if args.recipe is not None and args.window is None:
+        settings = dataclasses.replace(settings, window=load_config(args.recipe).audio.duration)
+    try:
+        predictor = Predictor.from_checkpoint(args.model, **predictor_options(settings))
+        summary = pseudo_label(predictor, args.inputs, args.out, power=args.power, floor=args.floor,
+                               top_k=args.top_k, overwrite=args.overwrite)
+    except ImportError as err:
+        raise _UsageError(str(err)) from err
+    print(summary)
+    print(f"pseudo-labels in {args.out / 'pseudo_labels.csv'}")
+    return 1 if summary.n_failed else 0
+
+
+def _cmd_self_train(args: argparse.Namespace) -> int:
+    from nfaudio.config import load_config
+    from nfaudio.selftrain.loop import self_train
+
+    if args.recipe is None:
+        raise _UsageError("self-train needs --recipe RECIPE.yaml")
+    cfg = load_config(args.recipe, args.overrides)
+    predict_kw = {"num_workers": args.workers} if args.workers is not None else {}
+    table = self_train(cfg, args.unlabelled, args.out, args.rounds, power=args.power, floor=args.floor,
+                       top_k=args.top_k, cv=args.cv, student_overrides=args.student_overrides,
+                       eval_audio=args.eval_audio, eval_labels=args.eval_labels, predict_kw=predict_kw)
+    columns = [c for c in ("round", "val_score", "macro_auc", "padded_cmap", "pseudo_kept") if c in table]
+    print(table[columns].to_string(index=False))
+    print(f"rounds in {args.out / 'rounds.csv'}")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -293,7 +373,8 @@ class _UsageError(Exception):
 
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
-            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes}
+            "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes,
+            "pseudo-label": _cmd_pseudo_label, "self-train": _cmd_self_train}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -312,6 +393,8 @@ _PATH_ARGS: dict[str, dict[str, str]] = {
     "train": {"recipe": "--recipe", "out": "--out"}, "cv": {"recipe": "--recipe", "out": "--out"},
     "evaluate": {"solution": "solution", "submission": "submission"}, "demo": {"out": "--out"},
     "predict": {"model": "model", "inputs": "input", "out": "--out"}, "export": {"model": "model", "out": "--out"},
+    "pseudo-label": {"model": "model", "inputs": "input", "out": "--out", "recipe": "--recipe"},
+    "self-train": {"recipe": "--recipe", "unlabelled": "--unlabelled", "out": "--out", "eval_labels": "--eval-labels"},
 }
 # Errors of writing the output that carry no file name but cannot be a bug: disk full, quota, read-only disk.
 _OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})

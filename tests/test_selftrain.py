@@ -89,3 +89,19 @@ def test_bad_files_are_reported_and_options_checked(teacher, audio_dir, tmp_path
         pseudo_label(teacher, [inputs], tmp_path / "x", power=-1)
     with pytest.raises(FileNotFoundError, match="not a pseudo-label folder"):
         read_pseudo_labels(tmp_path / "x")
+
+
+def test_pseudo_label_command(cv_dir, audio_dir, tmp_path, capsys) -> None:
+    from nfaudio.cli import main
+
+    recipe = tmp_path / "student.yaml"
+    recipe.write_text("audio:\n  duration: 2.0\n")
+    code = main(["pseudo-label", str(cv_dir), str(audio_dir), "--out", str(tmp_path / "pl"), "--recipe",
+                 str(recipe), "--power", "2", "--top-k", "1", "--workers", "0"])
+    assert code == 0
+    assert "pseudo-labels in" in capsys.readouterr().out
+    labels = read_pseudo_labels(tmp_path / "pl")
+    assert (labels.table["end_s"] - labels.table["start_s"]).eq(2.0).all()  # the student's window
+    assert labels.info["power"] == 2.0
+    assert ((labels.targets() > 0).sum(1) <= 1).all()
+    assert main(["pseudo-label", str(cv_dir), str(audio_dir), "--out", str(tmp_path / "x"), "--power", "0"]) == 2
