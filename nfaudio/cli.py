@@ -8,16 +8,15 @@ per problem); ``--debug`` shows the traceback. Any other exception is a bug and 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import errno
 import logging
 import os
 import sys
 from pathlib import Path
 
-from nfaudio import __version__
+from nfaudio import __version__, cli_selftrain
 from nfaudio.choices import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS
-from nfaudio.config import PredictConfig
+from nfaudio.cli_args import predict_settings
 
 __all__ = ["PREDICT_RUN_FLAGS", "build_parser", "main", "predict_settings"]
 
@@ -45,13 +44,6 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="decode processes (1; 0: decode in the main process)")
     p.add_argument("--threads", type=int, default=None,
                    help="inference threads (default: usable cores minus decode workers, at least 1)")
-
-
-def _add_pseudo_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--power", type=float, default=1.0, help="sharpen the pseudo-labels: p ** POWER (1: as scored)")
-    p.add_argument("--floor", type=float, default=0.0,
-                   help="leave out windows whose best probability is below this (0: keep all)")
-    p.add_argument("--top-k", type=int, default=None, help="keep each window's K best classes, the rest 0")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,37 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="discard a previous run in --out instead of resuming")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    p = sub.add_parser("pseudo-label", help="score unlabelled recordings with a teacher: a pseudo-label table",
-                       description="Write OUT/pseudo_labels.csv (sharpened soft targets per window), pseudo_files.csv "
-                                   "(per-file weights) and pseudo_labels.json; re-run to resume. Train on it with the "
-                                   "recipe key pseudo.labels.")
-    p.add_argument("model", type=Path, help="teacher: checkpoint, run dir or CV dir (fold ensemble)")
-    p.add_argument("inputs", nargs="+", type=Path, help="unlabelled audio files, folders or manifests")
-    p.add_argument("--out", "-o", type=Path, required=True, help="output directory")
-    p.add_argument("--recipe", "-r", type=Path, default=None,
-                   help="the student's recipe: its audio.duration is the window (default: the teacher's duration)")
-    _add_scoring_args(p)
-    _add_pseudo_args(p)
-    p.add_argument("--overwrite", action="store_true", help="discard earlier scores in --out instead of resuming")
-
-    p = sub.add_parser("self-train", help="noisy-student rounds: teacher -> pseudo-labels -> student, K times",
-                       description="Round 0 trains the recipe on its labelled data; each further round pseudo-labels "
-                                   "the unlabelled audio with the previous round's model and trains a noisier student "
-                                   "on both. Writes OUT/round<k>/, rounds.csv, rounds.json, rounds.png; re-run to "
-                                   "resume.")
-    _add_recipe_args(p)
-    p.add_argument("--unlabelled", nargs="+", type=Path, required=True, help="unlabelled audio files or folders")
-    p.add_argument("--rounds", type=int, default=3, help="student rounds after the teacher (3)")
-    p.add_argument("--out", "-o", type=Path, required=True, help="output directory (re-run to resume)")
-    _add_pseudo_args(p)
-    p.add_argument("--cv", action="store_true", help="train each round as the recipe's K-fold CV (fold ensembles)")
-    p.add_argument("--student-set", dest="student_overrides", action="append", default=None,
-                   metavar="SECTION.KEY=VALUE", help="recipe keys of the students (default: drop-path +0.1, "
-                                                     "SpecAugment p >= 0.5; repeatable)")
-    p.add_argument("--eval-audio", nargs="+", type=Path, default=(), help="labelled evaluation recordings")
-    p.add_argument("--eval-labels", type=Path, default=None,
-                   help="their per-window labels (row_id = <file stem>_<end second>, one 0/1 column per class)")
-    p.add_argument("--workers", type=int, default=None, help="decode processes while scoring (1)")
+    cli_selftrain.add_parsers(sub, _add_recipe_args, _add_scoring_args)  # pseudo-label, self-train
 
     p = sub.add_parser("export", help="export a model (log-mel frontend included) to ONNX")
     p.add_argument("model", type=Path, help="checkpoint, run dir or CV dir")
@@ -263,19 +225,6 @@ def _str_list(text: str) -> list[str]:
 PREDICT_RUN_FLAGS = ("model", "inputs", "out", "overwrite", "no_progress")
 
 
-def predict_settings(args: argparse.Namespace) -> PredictConfig:
-    """The run's ``predict`` section with the flags given on the command line applied (flags win; ``--hop`` or
-    ``--overlap`` replaces both of the run's)."""
-    from nfaudio.rundir import run_of
-
-    settings = run_of(args.model).predict_defaults()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(settings)
-             if getattr(args, f.name, None) is not None}  # a command without some of predict's flags leaves them
-    if "hop" in given or "overlap" in given:
-        given = {"hop": None, "overlap": None, **given}
-    return dataclasses.replace(settings, **given)
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     from nfaudio.predict import Predictor, output_options, predictor_options
 
@@ -288,42 +237,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         raise _UsageError(str(err)) from err
     print(summary)
     return 1 if summary.n_failed else 0
-
-
-def _cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from nfaudio.config import load_config
-    from nfaudio.predict import Predictor, predictor_options
-    from nfaudio.selftrain import pseudo_label
-
-    settings = predict_settings(args)
-    if args.recipe is not None and args.window is None:
-        settings = dataclasses.replace(settings, window=load_config(args.recipe).audio.duration)
-    try:
-        predictor = Predictor.from_checkpoint(args.model, **predictor_options(settings))
-        summary = pseudo_label(predictor, args.inputs, args.out, power=args.power, floor=args.floor,
-                               top_k=args.top_k, overwrite=args.overwrite)
-    except ImportError as err:
-        raise _UsageError(str(err)) from err
-    print(summary)
-    print(f"pseudo-labels in {args.out / 'pseudo_labels.csv'}")
-    return 1 if summary.n_failed else 0
-
-
-def _cmd_self_train(args: argparse.Namespace) -> int:
-    from nfaudio.config import load_config
-    from nfaudio.selftrain.loop import self_train
-
-    if args.recipe is None:
-        raise _UsageError("self-train needs --recipe RECIPE.yaml")
-    cfg = load_config(args.recipe, args.overrides)
-    predict_kw = {"num_workers": args.workers} if args.workers is not None else {}
-    table = self_train(cfg, args.unlabelled, args.out, args.rounds, power=args.power, floor=args.floor,
-                       top_k=args.top_k, cv=args.cv, student_overrides=args.student_overrides,
-                       eval_audio=args.eval_audio, eval_labels=args.eval_labels, predict_kw=predict_kw)
-    columns = [c for c in ("round", "val_score", "macro_auc", "padded_cmap", "pseudo_kept") if c in table]
-    print(table[columns].to_string(index=False))
-    print(f"rounds in {args.out / 'rounds.csv'}")
-    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -374,7 +287,7 @@ class _UsageError(Exception):
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
             "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes,
-            "pseudo-label": _cmd_pseudo_label, "self-train": _cmd_self_train}
+            **cli_selftrain.COMMANDS}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
