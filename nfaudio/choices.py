@@ -41,5 +41,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pseudo.mix_rule": MIXUP_RULES, "distill.loss": DISTILL_LOSSES,
 }
 # Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
-PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "augment.background_files", "pseudo.labels",
-             "distill.teacher")
+PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "model.weights_dir", "model.weights_cache",
+             "augment.background_files", "pseudo.labels", "distill.teacher")

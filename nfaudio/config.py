@@ -104,6 +104,8 @@ class ModelConfigSection:
     head: str = "sed"
     pooling: str | None = None
     pretrained: bool | str = False
+    weights_dir: str | None = None
+    weights_cache: str | None = None
     drop_path_rate: float | None = None
     drop_rate: float | None = None
     stem_stride: int | None = None

@@ -323,7 +323,7 @@ def _no_network(monkeypatch) -> None:
         raise AssertionError("the network was touched")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(pretrained_mod, "_cached_weights", lambda pcfg: None)
+    monkeypatch.setattr(pretrained_mod, "_cached_weights", lambda pcfg, cache_dir=None: None)
 
 
 def test_pretrained_hub_offline_fails_fast_without_network(monkeypatch) -> None:
@@ -354,7 +354,8 @@ def test_pretrained_hub_uses_the_local_cache(monkeypatch, tmp_path) -> None:
     src = _rgb_test_nfnet()
     save_file(src, str(tmp_path / "model.safetensors"))
     _no_network(monkeypatch)
-    monkeypatch.setattr(pretrained_mod, "_cached_weights", lambda pcfg: str(tmp_path / "model.safetensors"))
+    cached = str(tmp_path / "model.safetensors")
+    monkeypatch.setattr(pretrained_mod, "_cached_weights", lambda pcfg, cache_dir=None: cached)
     model = create_model("test_nfnet", 3, pretrained=True, frontend=FE)
     stem = model.backbone.model.stem.conv1.weight
     torch.testing.assert_close(stem, src["stem.conv1.weight"].sum(dim=1, keepdim=True))

@@ -21,6 +21,7 @@ from nfaudio.models.pretrained import (
     create_pretrained_timm,
     first_conv_names,
     load_backbone_weights,
+    weights_in_dir,
 )
 from nfaudio.models.registry import LOCAL_BACKBONES, ModelConfig
 
@@ -29,22 +30,38 @@ __all__ = ["Backbone", "build_backbone", "create_timm_backbone"]
 log = logging.getLogger(__name__)
 
 
-def create_timm_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+def create_timm_backbone(name: str, pretrained: bool = False, weights_dir: str | os.PathLike | None = None,
+                         weights_cache: str | os.PathLike | None = None, **kwargs: Any) -> nn.Module:
     """Create a timm model, or an nfaudio :data:`LOCAL_BACKBONES` NormFreeNet, by name.
 
     Args:
         name: timm model name or a :data:`LOCAL_BACKBONES` key.
-        pretrained: load timm's ImageNet weights (see :func:`create_pretrained_timm`).
-        **kwargs: ``timm.create_model`` arguments (``in_chans``, ``num_classes``, ``drop_path_rate``, ...).
+        pretrained: load ImageNet weights: from ``weights_dir`` when it holds a file named by the model (see
+            :func:`~nfaudio.models.pretrained.weights_in_dir`; for a local backbone the only source), else
+            through timm's hub (see :func:`create_pretrained_timm`).
+        weights_dir: a folder of weight files named by model (else ``$NFAUDIO_WEIGHTS_DIR``).
+        weights_cache: a Hugging Face hub cache (else ``$HF_HUB_CACHE`` / ``$HF_HOME/hub``).
+        **kwargs: ``timm.create_model`` arguments (``in_chans``, ``num_classes``, ...; ``num_classes=0`` for
+            weights from ``weights_dir``).
 
     Raises:
-        PretrainedWeightsError: pretrained weights requested but unavailable.
+        PretrainedWeightsError: pretrained weights requested but unavailable (the message names where it looked).
     """
     import timm
 
+    looked = ""
+    if pretrained:
+        found, looked = weights_in_dir(name, weights_dir)
+        if found is not None:
+            model = create_timm_backbone(name, pretrained=False, **kwargs)
+            log.info("ImageNet weights of %s from %s", name, found)
+            load_backbone_weights(model, found)
+            return model
     if name in LOCAL_BACKBONES:
         if pretrained:
-            raise PretrainedWeightsError(f"{name!r} is an nfaudio backbone without ImageNet weights")
+            raise PretrainedWeightsError(
+                f"{name!r} is an nfaudio backbone without ImageNet weights" + (f"; {looked}" if looked else "")
+                + f"; put your own as {name}.safetensors in model.weights_dir, or pass pretrained=False")
         from timm.models import build_model_with_cfg
         from timm.models.nfnet import NormFreeNet
 
@@ -53,7 +70,7 @@ def create_timm_backbone(name: str, pretrained: bool = False, **kwargs: Any) -> 
                                     pretrained_cfg=dict(meta), feature_cfg=dict(flatten_sequential=True),
                                     **kwargs)
     if pretrained:
-        return create_pretrained_timm(name, **kwargs)
+        return create_pretrained_timm(name, weights_cache=weights_cache, looked=looked, **kwargs)
     return timm.create_model(name, pretrained=False, **kwargs)
 
 
@@ -142,7 +159,9 @@ class Backbone(nn.Module):
                 f"stem={self.stem_name!r}, channels_last={self.channels_last}")
 
 
-def build_backbone(config: ModelConfig, pretrained: bool | str | os.PathLike = False) -> Backbone:
+def build_backbone(config: ModelConfig, pretrained: bool | str | os.PathLike = False,
+                   weights_dir: str | os.PathLike | None = None,
+                   weights_cache: str | os.PathLike | None = None) -> Backbone:
     """The one-channel backbone of a config.
 
     Args:
@@ -150,6 +169,8 @@ def build_backbone(config: ModelConfig, pretrained: bool | str | os.PathLike = F
             ``backbone_kwargs``).
         pretrained: ``True`` for timm's ImageNet weights (hub or local cache), a path to a weights file,
             or ``False``/``None``/``""`` for random initialisation.
+        weights_dir: with ``pretrained=True``, a folder of weight files named by model (looked in first).
+        weights_cache: with ``pretrained=True``, the Hugging Face hub cache to read.
 
     Raises:
         PretrainedWeightsError: weights unavailable or not fitting the architecture.
@@ -158,7 +179,8 @@ def build_backbone(config: ModelConfig, pretrained: bool | str | os.PathLike = F
     if config.drop_path_rate:
         kwargs["drop_path_rate"] = config.drop_path_rate
     from_hub = pretrained is True
-    model = create_timm_backbone(config.backbone, pretrained=from_hub, **kwargs)
+    model = create_timm_backbone(config.backbone, pretrained=from_hub, weights_dir=weights_dir,
+                                 weights_cache=weights_cache, **kwargs)
     if pretrained and not from_hub:
         if not isinstance(pretrained, (str, os.PathLike)):
             raise TypeError(f"pretrained must be a bool or a path, got {type(pretrained).__name__}")

@@ -36,6 +36,7 @@ class AudioClassifier(nn.Module):
     Args:
         config: the model config (kept as ``.config``; saved with checkpoints).
         pretrained: ``True`` for timm's ImageNet weights, a weights-file path, or ``False``.
+        weights_dir, weights_cache: where ``pretrained=True`` looks offline (see :func:`~nfaudio.models.create_model`).
 
     Attributes:
         frontend: :class:`~nfaudio.frontend.LogMel`.
@@ -52,12 +53,14 @@ class AudioClassifier(nn.Module):
         ValueError: an invalid frontend/SpecAugment argument.
     """
 
-    def __init__(self, config: ModelConfig, pretrained: bool | str | os.PathLike = False) -> None:
+    def __init__(self, config: ModelConfig, pretrained: bool | str | os.PathLike = False,
+                 weights_dir: str | os.PathLike | None = None, weights_cache: str | os.PathLike | None = None) -> None:
         super().__init__()
         self.config = config
         self.frontend = LogMel(**config.frontend)
         self.spec_augment = SpecAugment(**config.spec_augment) if config.spec_augment is not None else nn.Identity()
-        self.backbone: Backbone = build_backbone(config, pretrained=pretrained)
+        self.backbone: Backbone = build_backbone(config, pretrained=pretrained, weights_dir=weights_dir,
+                                                 weights_cache=weights_cache)
         self.head = build_head(config, self.backbone.num_features)
 
     @property

@@ -34,6 +34,8 @@ def create_model(
     num_classes: int,
     pretrained: bool | str | os.PathLike | None = False,
     head: str | None = "sed",
+    weights_dir: str | os.PathLike | None = None,
+    weights_cache: str | os.PathLike | None = None,
     **kwargs: Any,
 ) -> AudioClassifier:
     """Build an :class:`AudioClassifier` from a registry name (``list_models()``) or any timm model name.
@@ -45,6 +47,11 @@ def create_model(
             channel); a path (``.pth``/``.pt``/``.bin``/``.safetensors``): weights from that file, adapted
             the same way; ``False``/``None``/``""``: random initialisation.
         head: "sed" or "pooled"; ``None`` keeps the variant's head.
+        weights_dir: with ``pretrained=True``, a folder of weight files named by model, looked in first
+            (``<backbone>.safetensors|.pth|.pt|.bin`` or ``<backbone>/model.safetensors``; else
+            ``$NFAUDIO_WEIGHTS_DIR``).
+        weights_cache: with ``pretrained=True``, a Hugging Face hub cache in the hub's layout (else
+            ``$HF_HUB_CACHE``, ``$HF_HOME/hub``, huggingface_hub's default); ``HF_HUB_OFFLINE=1`` never downloads.
         **kwargs: other :class:`~nfaudio.models.registry.ModelConfig` fields (``pooling``, ``frontend``,
             ``spec_augment``, ``drop_rate``, ``drop_path_rate``, ``stem_stride``, ``channels_last``, ...).
 
@@ -63,7 +70,8 @@ def create_model(
         (torch.Size([2, 10]), 2)
     """
     config = resolve_config(name, num_classes, head=head, **kwargs)
-    return AudioClassifier(config, pretrained=pretrained or False)
+    return AudioClassifier(config, pretrained=pretrained or False, weights_dir=weights_dir,
+                           weights_cache=weights_cache)
 
 
 def _plain(value: Any) -> Any:

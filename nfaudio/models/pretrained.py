@@ -6,9 +6,12 @@ are summed, so a grey image (R = G = B = x) gives the same stem output as before
 classifier is dropped (its name comes from the model's ``pretrained_cfg["classifier"]``); every other
 tensor must fit the architecture exactly.
 
-Offline machines: downloading never hangs. ``HF_HUB_OFFLINE=1`` (or an unreachable hub, probed with a
-short socket timeout) raises :class:`PretrainedWeightsError` at once unless the weights are already in
-the local cache, and the message says how to pass a local file instead.
+Offline machines: downloading never hangs. ``pretrained=True`` looks, in order, in a folder of weight files named
+by model (``weights_dir``, else ``$NFAUDIO_WEIGHTS_DIR``: ``<model>.safetensors|.pth|.pt|.bin`` or ``<model>/``
+holding a Hugging Face download), then in a Hugging Face cache in the hub's own layout (``weights_cache``, else
+``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else huggingface_hub's default) and torch hub's cache, and only then
+downloads. ``HF_HUB_OFFLINE=1`` (or an unreachable hub, probed with a short socket timeout) raises
+:class:`PretrainedWeightsError` at once when none of them has the weights, naming every place looked in.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "PretrainedWeightsError", "create_pretrained_timm", "first_conv_names", "load_backbone_weights", "read_state_dict",
+    "PretrainedWeightsError", "create_pretrained_timm", "first_conv_names", "hub_cache_dir", "load_backbone_weights",
+    "read_state_dict", "weights_in_dir",
 ]
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ HUB_PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "on", "yes", "true"}
 _STATE_DICT_KEYS = ("state_dict", "model", "state_dict_ema", "model_ema")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel/DDP wrappers, torch.compile
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")  # a `hf download timm/<model> --local-dir DIR/<model>`
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -59,8 +65,61 @@ def _reachable(url: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def _cached_weights(pcfg: Any) -> str | None:
-    """Path of the model's weight file in the local Hugging Face or torch-hub cache, if there."""
+def hub_cache_dir(weights_cache: str | os.PathLike | None = None) -> str | None:
+    """The Hugging Face hub cache to read: ``weights_cache``, else ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``; ``None``
+    leaves huggingface_hub's default (read now, not when huggingface_hub was imported)."""
+    if weights_cache:
+        return os.fspath(weights_cache)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def _model_names(name: str) -> list[str]:
+    """The names a weight file of ``name`` may carry: as given, without its tag, timm's hub repo name with tag."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    names = [name, split_model_name_tag(name)[0]]
+    try:
+        pcfg = get_pretrained_cfg(name)
+    except RuntimeError:  # timm: an unknown tag
+        pcfg = None
+    if pcfg is not None and pcfg.hf_hub_id:
+        names.append(pcfg.hf_hub_id.split("@")[0].rsplit("/", 1)[-1])
+    return list(dict.fromkeys(names))
+
+
+def weights_in_dir(name: str, weights_dir: str | os.PathLike | None = None) -> tuple[Path | None, str]:
+    """The weight file of model ``name`` in a folder of files named by model (``weights_dir``, else
+    ``$NFAUDIO_WEIGHTS_DIR``): ``<name>.safetensors|.pth|.pt|.bin`` or ``<name>/model.safetensors|pytorch_model.bin``,
+    ``<name>`` being the name as given, without its pretrained tag, or timm's hub repo name.
+
+    Returns:
+        ``(path or None, what was looked for)``; ``(None, "")`` when no folder is set.
+
+    Raises:
+        PretrainedWeightsError: the folder given does not exist.
+    """
+    folder = weights_dir or os.environ.get("NFAUDIO_WEIGHTS_DIR")
+    if not folder:
+        return None, ""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PretrainedWeightsError(f"weights folder not found: {folder} (model.weights_dir / NFAUDIO_WEIGHTS_DIR)")
+    names = _model_names(name)
+    for stem in names:
+        for path in [folder / (stem + suffix) for suffix in WEIGHT_SUFFIXES] + [folder / stem / f for f in _HF_FILES]:
+            if path.is_file():
+                return path, ""
+    looked = (f"weights folder {folder} has no {'|'.join(names)}{{{','.join(WEIGHT_SUFFIXES)}}} "
+              f"(nor <name>/{'|'.join(_HF_FILES)})")
+    return None, looked
+
+
+def _cached_weights(pcfg: Any, cache_dir: str | None = None) -> str | None:
+    """Path of the model's weight file in the local Hugging Face (``cache_dir`` or the default) or torch-hub cache."""
     if pcfg.hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
         from timm.models._hub import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME, hf_split
@@ -68,7 +127,7 @@ def _cached_weights(pcfg: Any) -> str | None:
         repo_id, revision = hf_split(pcfg.hf_hub_id)
         for filename in (pcfg.hf_hub_filename,) if pcfg.hf_hub_filename else (HF_SAFE_WEIGHTS_NAME,
                                                                                HF_WEIGHTS_NAME):
-            found = try_to_load_from_cache(repo_id, filename, revision=revision)
+            found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, revision=revision)
             if isinstance(found, str):
                 return found
     if pcfg.url:
@@ -78,14 +137,26 @@ def _cached_weights(pcfg: Any) -> str | None:
     return None
 
 
+def _where_looked(pcfg: Any, cache_dir: str | None, looked: str) -> str:
+    import huggingface_hub.constants
+
+    parts = [looked] if looked else []
+    if pcfg.hf_hub_id:
+        parts.append(f"Hugging Face cache {cache_dir or huggingface_hub.constants.HF_HUB_CACHE} has no "
+                     f"{pcfg.hf_hub_id} ({pcfg.hf_hub_filename or ', '.join(_HF_FILES)})")
+    return "; ".join(parts)
+
+
 def _how_to_pass_a_file(name: str, pcfg: Any) -> str:
     source = f"the Hugging Face repo {pcfg.hf_hub_id}" if pcfg.hf_hub_id else (pcfg.url or "timm")
     return (f"download the weights of {name!r} elsewhere (from {source}) and pass "
-            "pretrained='/path/to/weights.safetensors' (or .pth/.pt/.bin), or put them in the Hugging Face "
-            "cache (HF_HOME); use pretrained=False for random initialisation")
+            f"pretrained='/path/to/weights.safetensors' (or .pth/.pt/.bin), put them in a weights folder as "
+            f"{name}.safetensors (model.weights_dir / NFAUDIO_WEIGHTS_DIR) or in a Hugging Face cache "
+            "(model.weights_cache / HF_HUB_CACHE / HF_HOME); use pretrained=False for random initialisation")
 
 
-def create_pretrained_timm(name: str, **kwargs: Any) -> nn.Module:
+def create_pretrained_timm(name: str, weights_cache: str | os.PathLike | None = None, looked: str = "",
+                           **kwargs: Any) -> nn.Module:
     """``timm.create_model(name, pretrained=True, **kwargs)`` that fails fast and clearly when offline.
 
     Weights already in the local cache are loaded from there without touching the network (timm's
@@ -93,6 +164,8 @@ def create_pretrained_timm(name: str, **kwargs: Any) -> nn.Module:
 
     Args:
         name: timm model name, optionally with a pretrained tag.
+        weights_cache: the Hugging Face hub cache (see :func:`hub_cache_dir`).
+        looked: where else the weights were looked for (a weights folder), for the error message.
         **kwargs: passed to ``timm.create_model`` (``in_chans``, ``num_classes``, ...).
 
     Returns:
@@ -112,14 +185,15 @@ def create_pretrained_timm(name: str, **kwargs: Any) -> nn.Module:
             f"timm publishes no ImageNet weights for {name!r}" +
             (f" (tags with weights: {', '.join(with_weights)})" if with_weights else "") +
             "; pass pretrained=False, or pretrained='/path/to/weights' for your own file")
-    cached = pcfg.file or _cached_weights(pcfg)
+    cache_dir = hub_cache_dir(weights_cache)
+    cached = pcfg.file or _cached_weights(pcfg, cache_dir)
     if cached:
         log.info("loading ImageNet weights of %s from %s", name, cached)
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
     if _offline():
         raise PretrainedWeightsError(
-            f"HF_HUB_OFFLINE is set and the ImageNet weights of {name!r} are not cached; "
-            + _how_to_pass_a_file(name, pcfg))
+            f"HF_HUB_OFFLINE is set and the ImageNet weights of {name!r} are not here "
+            f"({_where_looked(pcfg, cache_dir, looked)}); " + _how_to_pass_a_file(name, pcfg))
     if pcfg.hf_hub_id:
         import huggingface_hub.constants
 
@@ -131,7 +205,7 @@ def create_pretrained_timm(name: str, **kwargs: Any) -> nn.Module:
             f"cannot reach {endpoint} to download the ImageNet weights of {name!r} (no network?); "
             + _how_to_pass_a_file(name, pcfg))
     try:
-        return timm.create_model(name, pretrained=True, **kwargs)
+        return timm.create_model(name, pretrained=True, cache_dir=cache_dir, **kwargs)
     except (OSError, RuntimeError) as err:  # hub/HTTP errors are OSError subclasses
         raise PretrainedWeightsError(
             f"downloading the ImageNet weights of {name!r} failed ({err}); " + _how_to_pass_a_file(name, pcfg)

@@ -46,7 +46,8 @@ def build_model(cfg: Config, num_classes: int) -> AudioClassifier:
         log.info("%s: the recipe's frontend and SpecAugment settings replace the variant's %s", m.name,
                  " and ".join(replaced))
     return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, head=m.head,
-                        frontend=frontend_kwargs(cfg), spec_augment=spec_augment, **_model_options(cfg))
+                        weights_dir=m.weights_dir, weights_cache=m.weights_cache, frontend=frontend_kwargs(cfg),
+                        spec_augment=spec_augment, **_model_options(cfg))
 
 
 def _model_options(cfg: Config) -> dict[str, Any]:

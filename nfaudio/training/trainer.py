@@ -223,7 +223,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         history, bad_epochs = state["history"], state["bad_epochs"]
         set_rng_state(state["rng"])
         log.info("resumed %s at epoch %d", run.path, start_epoch)
-    logger = HistoryLogger(run.file(RunDir.HISTORY), cfg, resume=start_epoch > 0) if w.is_main else None
+    logger = HistoryLogger(run.file(RunDir.HISTORY), cfg, history) if w.is_main else None
 
     for epoch in range(start_epoch, t.epochs):
         if bad_epochs and t.early_stop_patience and bad_epochs >= t.early_stop_patience:
@@ -309,9 +309,10 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
                             "best_score": best_score, "best_epoch": best_epoch, "history": history,
                             "bad_epochs": bad_epochs, "rng": get_rng_state()})
     if logger is not None:
-        logger.close()
         if history:
             plot_curves(history, run.file(RunDir.CURVES))
+            logger.log_curves(run.file(RunDir.CURVES), int(history[-1]["epoch"]))
+        logger.close()
     barrier(w)  # every rank returns once rank 0 has written best.pt and last.pt
     if val_set is None:
         return FitResult(best_score=None, best_epoch=best_epoch, history=history, out_dir=run.path)
