@@ -25,14 +25,16 @@ def test_key_changes_when_the_file_changes_and_the_entry_is_rebuilt(tmp_path):
     cache = DecodedCache("disk", 16000, tmp_path / "cache")
     first = cache.entry_path(f)
     _, _, y = cache.get(f)
-    assert first.is_file() and np.array_equal(y, audio.load(f, sr=16000)[0])
+    assert first.is_file()
+    assert np.array_equal(y, audio.load(f, sr=16000)[0])
     assert cache_key(f, 16000) != cache_key(f, 8000)
     _wav(f, 3.0, seed=1)  # new content, size and mtime
     st = os.stat(f)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert cache.entry_path(f) != first
     _, frames, y2 = cache.get(f)
-    assert frames == 48000 and np.array_equal(y2, audio.load(f, sr=16000)[0])
+    assert frames == 48000
+    assert np.array_equal(y2, audio.load(f, sr=16000)[0])
     assert cache.fill([f]) == 0  # already cached under the new key
 
 
@@ -65,7 +67,8 @@ def test_cached_crops_equal_read_crop_without_resampling(tmp_path, mode, seconds
         for seed in range(4):
             a = audio.read_crop(f, 16000, 1.0, crop, np.random.default_rng(seed))
             b = cache.read_crop(f, 1.0, crop, np.random.default_rng(seed))
-            assert b.dtype == np.float32 and np.array_equal(a, b), (crop, seed)
+            assert b.dtype == np.float32
+            assert np.array_equal(a, b), (crop, seed)
 
 
 def test_cached_crops_with_resampling_match_read_crop_to_a_fraction_of_a_sample(tmp_path):
@@ -90,7 +93,8 @@ def test_epoch_sampler_matches_a_shuffling_dataloader():
                                                                  generator=gen) for i in b]
         s = EpochSampler(10, 5, World())
         s.set_epoch(epoch)
-        assert [row for e, row in s] == expected and {e for e, _ in s} == {epoch}
+        assert [row for _, row in s] == expected
+        assert {e for e, _ in s} == {epoch}
 
 
 @pytest.mark.parametrize("mode", ["disk", "memory"])
