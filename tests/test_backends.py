@@ -103,11 +103,11 @@ def test_openvino_backend_equals_torch(ckpt: Path, exported: Path, audio_dir: Pa
 @pytest.fixture(scope="module")
 def two_groups(cv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """fold0, fold1 (same frontend) and a model with 24 mel bands (another frontend), all three classes."""
+    import shutil
+
     from conftest import CLASSES, recipe_model
 
     from nfaudio.models import save_model
-
-    import shutil
 
     root = tmp_path_factory.mktemp("two_groups")  # our own copies: the export cache writes next to them
     paths = [shutil.copy(cv_dir / f"fold{k}" / "best.pt", root / f"fold{k}.pt") for k in (0, 1)]

@@ -147,8 +147,8 @@ def test_a_warm_onnxruntime_prediction_imports_neither_torch_nor_timm(model_dir:
             f"rc = main(['-q', 'predict', {str(model_dir)!r}, {str(audio_dir)!r}, '--out', "
             f"{str(tmp_path / 'warm')!r}, '--backend', 'onnxruntime', '--threads', '1', '--workers', '0', "
             "'--no-progress']); "
-            "print(f'{rc}|' + ','.join(m for m in ('torch', 'timm', 'librosa', 'onnx', 'nfaudio.models', 'nfaudio.export') "
-            "if m in sys.modules))")
+            "heavy = ('torch', 'timm', 'librosa', 'onnx', 'nfaudio.models', 'nfaudio.export'); "
+            "print(f'{rc}|' + ','.join(m for m in heavy if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr
