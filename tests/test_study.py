@@ -74,6 +74,47 @@ def test_framework_skips_finished_cells_and_retries_failed(tmp_path):
     assert [r["cell"] for r in rows] == [cell_key(c) for c in cells]
 
 
+_GRID_SCRIPT = """
+import sys, time
+from nfaudio.study.framework import Study
+
+def measure(cell):
+    time.sleep(0.3)
+    return {"status": "ok", "y": cell["x"] * 10 + 1}
+
+Study("s", sys.argv[1], seed=7).run([{"x": i} for i in range(8)], measure)
+"""
+
+
+def _grid(out: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _GRID_SCRIPT, str(out)], env=env)
+
+
+def _stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "cell_seconds"} for r in rows]
+
+
+def test_study_killed_by_pid_resumes_and_ends_as_an_uninterrupted_one(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out, ref = tmp_path / "killed", tmp_path / "ref"
+    proc = _grid(out, env)
+    results = out / "results.json"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (results.exists() and len(json.loads(results.read_text())) >= 3):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = json.loads(results.read_text())
+    assert 3 <= len(before) < 8, "the study was not killed mid-grid"
+    assert _grid(out, env).wait() == 0
+    assert _grid(ref, env).wait() == 0
+    after = json.loads(results.read_text())
+    assert after[:len(before)] == before  # finished cells untouched, timings included
+    assert _stable(after) == _stable(json.loads((ref / "results.json").read_text()))
+    assert len((out / "results.csv").read_text().splitlines()) == 9
+
+
+@pytest.mark.slow
 def test_bn_cost_killed_mid_grid_resumes_without_redoing_cells(tmp_path):
     out = tmp_path / "bn"
     cmd = [sys.executable, "-m", "nfaudio", "study", "bn-cost", "--recipe", "fsdd", "--set", "audio.duration=0.25",
