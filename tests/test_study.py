@@ -141,3 +141,29 @@ def test_bn_cost_killed_mid_grid_resumes_without_redoing_cells(tmp_path):
     assert "smallcnn_bn / smallcnn_nf" in report and "| 8 |" in report
     for png in ("train_time.png", "infer_time.png", "memory.png"):
         assert (out / png).stat().st_size > 1000
+
+
+def test_trainer_clip_grad_norm_bounds_the_first_update(tiny_birdclef, tmp_path):
+    """optim.clip_grad_norm: one SGD step (no weight decay, Nesterov 0.9) moves no weight by more than
+    lr * (1 + 0.9) * max_norm (the clipped global gradient norm bounds every element)."""
+    import numpy as np
+
+    from nfaudio.data import load_data, split_train_val
+    from nfaudio.rundir import RunDir
+    from nfaudio.training.build import build_model
+    from nfaudio.training.state import seed_everything
+    from nfaudio.training.trainer import fit
+
+    lr, max_norm = 1.0, 1e-6
+    cfg = tiny_recipe(tiny_birdclef.root, optim={"name": "sgd", "lr": lr, "weight_decay": 0.0, "agc": False,
+                                                 "clip_grad_norm": max_norm},
+                      schedule={"warmup_epochs": 0.0}, train={"epochs": 1, "max_steps_per_epoch": 1, "val_fold": 0})
+    manifest = load_data(cfg)
+    train_set, val_set = split_train_val(cfg, manifest, np.arange(len(manifest.df)) % 3)
+    seed_everything(cfg.train.seed)
+    start = build_model(cfg, len(train_set.classes)).state_dict()
+    fit(cfg, train_set, val_set, tmp_path / "run")
+    end = RunDir(tmp_path / "run").load_state(map_location="cpu")["model"]
+    moved = max(float((end[k].float() - start[k].float()).abs().max()) for k in start if start[k].is_floating_point()
+                and "running" not in k)
+    assert 0 < moved <= lr * 1.9 * max_norm * 1.001
