@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import tiny_recipe
+
 from nfaudio.study import agc_study
 from nfaudio.study.bn_cost import run_case
 from nfaudio.study.framework import Study, cell_key
@@ -34,8 +34,10 @@ def test_probe_peak_rss_grows_with_batch():
 
 def test_probe_bn_depends_on_mode_and_batch_nf_does_not():
     bn, nf = run_case(_spec("smallcnn_bn", 8, 0.5)), run_case(_spec("smallcnn_nf", 8, 0.5))
-    assert nf["train_eval_diff"] == 0.0 and nf["batch_dependence"] == 0.0
-    assert bn["train_eval_diff"] > 1e-3 and bn["batch_dependence"] > 1e-4
+    assert nf["train_eval_diff"] == 0.0
+    assert nf["batch_dependence"] == 0.0
+    assert bn["train_eval_diff"] > 1e-3
+    assert bn["batch_dependence"] > 1e-4
     assert bn["params"] > nf["params"]  # BN's affine parameters (conv biases dropped: 2C - C per layer)
 
 
@@ -43,8 +45,12 @@ def test_agc_huge_lr_without_clipping_is_recorded_as_diverged(tiny_birdclef, tmp
     cfg = tiny_recipe(tiny_birdclef.root, optim={"name": "sgd", "lr": 1e4}, train={"batch_size": 4})
     report = agc_study.run(cfg, tmp_path / "agc", batch_sizes=[4], arms=("none",), epochs=1, max_steps=2)
     rows = json.loads((tmp_path / "agc" / "results.json").read_text())
-    assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["diverged"] is True
-    assert rows[0]["lr"] == pytest.approx(1e4) and rows[0]["seed"] == cfg.train.seed and "torch" in rows[0]
+    assert len(rows) == 1
+    assert rows[0]["status"] == "ok"
+    assert rows[0]["diverged"] is True
+    assert rows[0]["lr"] == pytest.approx(1e4)
+    assert rows[0]["seed"] == cfg.train.seed
+    assert "torch" in rows[0]
     assert "| none | div |" in report.read_text()
     assert (tmp_path / "agc" / "agc_heatmap.png").stat().st_size > 1000
 
@@ -52,10 +58,15 @@ def test_agc_huge_lr_without_clipping_is_recorded_as_diverged(tiny_birdclef, tmp
 def test_agc_cell_config_scales_lr_and_sets_the_arm(tiny_birdclef):
     cfg = tiny_recipe(tiny_birdclef.root, optim={"lr": 0.1}, train={"batch_size": 16})
     c = agc_study.cell_config(cfg, {"arm": "clip_norm", "clip": 0.5, "batch_size": 64}, 16, 1, 3)
-    assert c.optim.lr == pytest.approx(0.4) and c.optim.agc is False and c.optim.clip_grad_norm == 0.5
-    assert c.train.batch_size == 64 and c.train.max_steps_per_epoch == 3
+    assert c.optim.lr == pytest.approx(0.4)
+    assert c.optim.agc is False
+    assert c.optim.clip_grad_norm == 0.5
+    assert c.train.batch_size == 64
+    assert c.train.max_steps_per_epoch == 3
     c = agc_study.cell_config(cfg, {"arm": "agc", "clip": 0.04, "batch_size": 8}, 16, 1, 3)
-    assert c.optim.lr == pytest.approx(0.05) and c.optim.agc is True and c.optim.agc_clip == 0.04
+    assert c.optim.lr == pytest.approx(0.05)
+    assert c.optim.agc is True
+    assert c.optim.agc_clip == 0.04
     assert c.optim.clip_grad_norm is None
 
 
@@ -70,7 +81,8 @@ def test_framework_skips_finished_cells_and_retries_failed(tmp_path):
     Study("s", tmp_path).run(cells, measure)
     rows = Study("s", tmp_path).run(cells, measure)
     assert calls == [0, 1, 2, 2]  # the second run only retried the failed cell
-    assert [r["y"] for r in rows] == [0, 1, 4] and [r["status"] for r in rows] == ["ok"] * 3
+    assert [r["y"] for r in rows] == [0, 1, 4]
+    assert [r["status"] for r in rows] == ["ok"] * 3
     assert [r["cell"] for r in rows] == [cell_key(c) for c in cells]
 
 
@@ -138,7 +150,8 @@ def test_bn_cost_killed_mid_grid_resumes_without_redoing_cells(tmp_path):
                                                                 for b in (2, 4, 8)}
     assert all(r["status"] == "ok" for r in after)
     report = (out / "report.md").read_text()
-    assert "smallcnn_bn / smallcnn_nf" in report and "| 8 |" in report
+    assert "smallcnn_bn / smallcnn_nf" in report
+    assert "| 8 |" in report
     for png in ("train_time.png", "infer_time.png", "memory.png"):
         assert (out / png).stat().st_size > 1000
 
