@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from nfaudio import __version__, cli_selftrain
+from nfaudio import __version__, cli_selftrain, cli_study
 from nfaudio.choices import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS
 from nfaudio.cli_args import predict_settings
 
@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     cli_selftrain.add_parsers(sub, _add_recipe_args, _add_scoring_args)  # pseudo-label, self-train
+    cli_study.add_parsers(sub, _add_recipe_args)  # study bn-cost|agc
 
     p = sub.add_parser("export", help="export a model (log-mel frontend included) to ONNX")
     p.add_argument("model", type=Path, help="checkpoint, run dir or CV dir")
@@ -287,7 +288,7 @@ class _UsageError(Exception):
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
             "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes,
-            **cli_selftrain.COMMANDS}
+            **cli_selftrain.COMMANDS, **cli_study.COMMANDS}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -139,6 +139,7 @@ class OptimConfig:
     agc: bool | None = None
     agc_clip: float = 0.01
     agc_eps: float = 1e-3
+    clip_grad_norm: float | None = None
 
 
 @dataclass

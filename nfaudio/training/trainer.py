@@ -255,6 +255,10 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
             if (step + 1) % t.accum_steps == 0 or step + 1 == steps_per_epoch:
                 if agc is not None:
                     agc.clip_(scaler if use_amp else None, optimizer)
+                if cfg.optim.clip_grad_norm:  # plain global-norm clipping (AGC has unscaled already)
+                    if use_amp and agc is None:
+                        scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)

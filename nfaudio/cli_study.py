@@ -1,0 +1,80 @@
+"""``nfaudio study bn-cost|agc``: the NFNet paper's claims measured on the recipe's audio (:mod:`nfaudio.study`).
+
+Parser and handler; :mod:`nfaudio.cli` adds them. Every study writes OUT/results.csv, results.json, PNG plots and
+report.md, and resumes per cell when re-run with the same --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["COMMANDS", "add_parsers"]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _strs(text: str) -> list[str]:
+    return [v for v in text.split(",") if v]
+
+
+def add_parsers(sub: argparse._SubParsersAction, add_recipe_args: Callable) -> None:
+    """Add ``study`` to ``nfaudio``'s subparsers."""
+    from nfaudio.study import STUDIES
+
+    p = sub.add_parser("study", help="measure the NFNet paper's claims on the recipe's audio (bn-cost, agc)",
+                       description="Run a study grid into --out (results.csv/.json, PNG plots, report.md); "
+                                   "re-run the same command to resume (finished cells are skipped).")
+    p.add_argument("study", choices=sorted(STUDIES), help="bn-cost: what BatchNorm costs; agc: AGC vs batch size")
+    add_recipe_args(p)
+    p.add_argument("--out", "-o", type=Path, required=True, help="study directory (re-run to resume)")
+    p.add_argument("--models", type=_strs, default=None,
+                   help="bn-cost: comma-separated models (default smallcnn_bn,smallcnn_nf,resnet26,nf_resnet26; "
+                        "'full': all four pairs)")
+    p.add_argument("--batch-sizes", type=_ints, default=None,
+                   help="comma-separated batch sizes (bn-cost 8,16,32; agc 16,64)")
+    p.add_argument("--repeats", type=int, default=5, help="bn-cost: timed repeats per case, median (5)")
+    p.add_argument("--no-channels-last", action="store_true", help="bn-cost: contiguous layout only")
+    p.add_argument("--device", default="cpu", help="bn-cost: cpu or cuda (cuda: torch.cuda.max_memory_allocated)")
+    p.add_argument("--clips", type=_floats, default=None, help="agc: AGC thresholds (0.01,0.04,0.16)")
+    p.add_argument("--grad-norms", type=_floats, default=None, help="agc: plain clip_grad_norm thresholds (1.0)")
+    p.add_argument("--epochs", type=int, default=2, help="agc: epochs per cell (2)")
+    p.add_argument("--max-steps", type=int, default=10, help="agc: steps per epoch at most (10; 0: all)")
+    p.add_argument("--full", action="store_true",
+                   help="the full-size grid (bn-cost: all pairs, batch 8-64; agc: batch 16-512, thresholds "
+                        "0.01-0.16)")
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from nfaudio.config import load_config
+    from nfaudio.study import STUDIES
+
+    if args.recipe is None:
+        raise ValueError("study needs --recipe RECIPE.yaml")
+    cfg = load_config(args.recipe, args.overrides)
+    module = importlib.import_module(f"nfaudio.study.{STUDIES[args.study]}")
+    if args.study == "bn-cost":
+        models = args.models
+        if args.full or models == ["full"]:
+            models = list(module.FULL_MODELS) if models in (None, ["full"]) else models
+        batches = args.batch_sizes or ([8, 16, 32, 64] if args.full else None)
+        report = module.run(cfg, args.out, models=models, batch_sizes=batches, repeats=args.repeats,
+                            channels_last=(False,) if args.no_channels_last else (False, True), device=args.device)
+    else:
+        batches = args.batch_sizes or (list(module.FULL_BATCHES) if args.full else None)
+        clips = args.clips or (list(module.FULL_CLIPS) if args.full else None)
+        report = module.run(cfg, args.out, batch_sizes=batches, clips=clips, grad_norms=args.grad_norms,
+                            epochs=args.epochs, max_steps=args.max_steps or None)
+    print(f"report in {report}")
+    return 0
+
+
+COMMANDS = {"study": _cmd_study}
