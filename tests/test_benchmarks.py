@@ -1,0 +1,37 @@
+"""Tests for benchmarks/: the scale benchmark at a tiny size (its JSON keys, the kill -9 resume comparison)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.integration
+def test_scale_benchmark_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scale.py"), "--short", "30", "--long", "2",
+                    "--long-seconds", "20", "--long-distinct", "1", "--kills", "1", "--work", str(tmp_path / "w"),
+                    "--out", str(out)], check=True, env=env, cwd=ROOT, capture_output=True, timeout=280)
+    result = json.loads(out.read_text())
+    assert {"command", "machine", "data", "model", "settings", "sets"} <= set(result)
+    assert os.stat(tmp_path / "w" / "long2x20" / "long_000.wav").st_ino == os.stat(
+        tmp_path / "w" / "long2x20" / "long_001.wav").st_ino  # one file on disk under two names
+    for name, n in (("short", 30), ("long", 2)):
+        s = result["sets"][name]
+        assert s["files"] == n
+        assert f"{n}/{n} files scored" in s["summary"]  # hard links count as distinct files
+        for key in ("time_per_file_ms_first_10pct", "time_per_file_ms_last_10pct", "rss_mib", "xrt_wall"):
+            assert key in s
+        kr = s["kill_resume"]
+        assert kr["byte_identical"] is True and kr["different"] == []
+        assert {"submission.csv", "scores.csv", "errors.csv"} <= set(kr["files_compared"])
+        assert kr["final_run_rc"] == 0
+    assert result["sets"]["short"]["rss_mib"]["command_peak"] > 0
