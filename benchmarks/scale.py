@@ -21,6 +21,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -143,10 +144,8 @@ def _rss(proc) -> tuple[float, float]:
         own = proc.memory_info().rss
         kids = 0
         for c in proc.children(recursive=True):
-            try:
+            with contextlib.suppress(psutil.Error):
                 kids += c.memory_info().rss
-            except psutil.Error:
-                pass
         return own / 2**20, (own + kids) / 2**20
     except psutil.Error:
         return float("nan"), float("nan")

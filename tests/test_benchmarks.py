@@ -31,7 +31,8 @@ def test_scale_benchmark_tiny(tmp_path: Path) -> None:
         for key in ("time_per_file_ms_first_10pct", "time_per_file_ms_last_10pct", "rss_mib", "xrt_wall"):
             assert key in s
         kr = s["kill_resume"]
-        assert kr["byte_identical"] is True and kr["different"] == []
+        assert kr["byte_identical"] is True
+        assert kr["different"] == []
         assert {"submission.csv", "scores.csv", "errors.csv"} <= set(kr["files_compared"])
         assert kr["final_run_rc"] == 0
     assert result["sets"]["short"]["rss_mib"]["command_peak"] > 0
