@@ -2,8 +2,9 @@
 
 The process builds one model (log-mel frontend included: waveform in, logits out), times training steps
 (forward, backward, SGD step) and inference (eval mode, no grad) over ``repeats`` runs after one warm-up, and
-reports medians and the peak memory: on CPU the process's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``: a
-fresh process per case, so one case's peak never hides another's), on CUDA ``torch.cuda.max_memory_allocated``.
+reports medians and the peak memory: on CPU the process's peak RSS (``VmHWM`` of ``/proc/self/status``, reset
+by ``execve``; ``ru_maxrss`` elsewhere, which Linux carries over from the parent across fork and exec; a fresh
+process per case, so one case's peak never hides another's), on CUDA ``torch.cuda.max_memory_allocated``.
 It also scores one batch in train and in eval mode (the train/eval discrepancy of BatchNorm) and one fixed
 clip in train mode inside batches of 2 and of ``batch_size`` (a BN net's output depends on its batch-mates).
 """
@@ -15,10 +16,24 @@ import resource
 import statistics
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["build_case_model", "main", "measure_case"]
 
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak RSS in MiB: ``VmHWM`` (Linux; the high-water mark of this program's own memory), else
+    ``ru_maxrss`` (KiB on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 def build_case_model(name: str, num_classes: int, frontend: dict[str, Any]):
     """``smallcnn_bn`` / ``smallcnn_nf``: the study's plain CNN with or without BatchNorm; any other name goes
@@ -78,7 +93,7 @@ def measure_case(spec: dict[str, Any]) -> dict[str, Any]:
     target = torch.randint(0, spec["num_classes"], (b,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    base_rss = _peak_rss_mb()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(device)
@@ -111,7 +126,7 @@ def measure_case(spec: dict[str, Any]) -> dict[str, Any]:
               "train_clips_per_s": b / statistics.median(train_times),
               "infer_clips_per_s": b / statistics.median(infer_times),
               "base_rss_mb": base_rss,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mb": _peak_rss_mb()}
     if cuda:
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
         result["base_cuda_mb"] = base_cuda
