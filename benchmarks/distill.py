@@ -24,7 +24,6 @@ Smoke test:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import statistics
@@ -48,7 +47,7 @@ from nfaudio.synth.domain import TargetDomain
 from nfaudio.training import train_from_config
 
 sys.path.insert(0, str(Path(__file__).parent))
-from selftrain import machine_info  # noqa: E402
+from selftrain import write_result  # noqa: E402
 
 
 def evaluate(model: Path, audio: Path, labels: Path, out: Path) -> dict:
@@ -134,12 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, entry in timing.items():
         results[name]["predict"] = entry
         results[name]["speed_vs_teacher"] = timing["teacher"]["seconds_median"] / entry["seconds_median"]
-    out = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "machine": machine_info(), "note": args.note, "settings": vars(args), "results": results,
-           "seconds": time.perf_counter() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, default=str) + "\n")
+    write_result(args, argv, t0, results=results)
     for name, entry in results.items():
         print(name, {k: v for k, v in entry.items() if k != "predict"}, flush=True)
     return 0

@@ -52,6 +52,18 @@ def machine_info() -> dict:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
+def write_result(args: argparse.Namespace, argv: list[str] | None, started: float, **fields: object) -> dict:
+    """Write ``args.out``: the command line, date, machine, note and settings, then ``fields`` and the seconds
+    since ``started``; returns what was written."""
+    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_info(), "note": args.note, "settings": vars(args), **fields,
+              "seconds": time.perf_counter() - started}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    return result
+
+
 def run_seed(seed: int, args: argparse.Namespace) -> list[dict]:
     work = Path(args.work) / f"seed{seed}"
     synth = SynthConfig(seed=seed, clips_per_species=args.clips_per_species, clip_seconds=(2.0, 6.0),
@@ -113,12 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",")]:
         rows += run_seed(seed, args)
         print(json.dumps([{k: r[k] for k in ("seed", "round", *SCORES) if k in r} for r in rows]), flush=True)
-    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "note": args.note, "settings": vars(args),
-              "summary": summarise(rows, args.rounds), "rows": rows, "seconds": time.perf_counter() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    result = write_result(args, argv, t0, summary=summarise(rows, args.rounds), rows=rows)
     for entry in result["summary"]:
         print(entry, flush=True)
     return 0

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import logging
 import statistics
@@ -41,7 +40,7 @@ from nfaudio.selftrain.loop import default_student_overrides
 from nfaudio.selftrain.pseudo import pseudo_label, read_pseudo_labels
 
 sys.path.insert(0, str(Path(__file__).parent))
-from selftrain import machine_info  # noqa: E402
+from selftrain import write_result  # noqa: E402
 
 
 def fold_accuracy(run_dir: Path, fold: int) -> float:
@@ -91,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         current = {}
         for k in folds:
             pool = manifest[manifest["fold"] == k]
-            files = [str(root / f) if not Path(f).is_absolute() else f for f in pool["filename"]]
+            files = [str(root / f) for f in pool["filename"]]  # an absolute name stays as it is
             here = work / f"round{r}" / f"fold{k}"
             predictor = Predictor.from_checkpoint(previous[k], window=cfg.audio.duration, batch_size=128,
                                                    min_duration=0.01)
@@ -120,13 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                         "per_fold": acc})
     for entry in summary:
         entry["gain"] = entry["accuracy_mean"] - summary[0]["accuracy_mean"]
-    result = {"command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-              "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": machine_info(), "note": args.note, "settings": vars(args),
-              "student_overrides": student_overrides, "summary": summary, "rows": rows,
-              "teacher_metrics": teacher, "seconds": time.perf_counter() - t0}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2, default=str) + "\n")
+    write_result(args, argv, t0, student_overrides=student_overrides, summary=summary, rows=rows,
+                 teacher_metrics=teacher)
     for entry in summary:
         print(entry, flush=True)
     return 0
