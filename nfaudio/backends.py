@@ -2,27 +2,36 @@
 
 Three exist: ``torch`` (:class:`TorchScorer`, the reference), ``onnxruntime`` (:class:`OnnxScorer`) and
 ``openvino`` (:class:`OpenVinoScorer`, optional extra). The last two run graphs written by
-:func:`nfaudio.export.export_onnx` (waveform in, clip and frame logits out). Their intra-op threads come from the
-one thread policy (:func:`nfaudio.runtime.intra_op_threads`) when the caller passes ``threads``.
+:func:`nfaudio.export.export_onnx` (waveform in, clip and frame logits out), or the frontend / body pairs of
+:func:`nfaudio.export.export_parts` that the export cache holds. Their intra-op threads come from the one thread
+policy (:func:`nfaudio.runtime.intra_op_threads`) when the caller passes ``threads``.
+
+Shared frontend: the members of an ensemble whose log-mel frontends are the same (settings and buffers; e.g. the
+folds of a CV run) compute the spectrogram of a batch once; each member then runs only its backbone and head.
+Members with other settings form groups of their own. The scores equal those of the unshared ensemble (the same
+operations on the same batch). torch is imported only by the torch scorer, so the runtimes' processes never load it.
 """
 
 from __future__ import annotations
 
 import copy
 import importlib
+import json
 import os
+import sys
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
-from torch import nn
 
 from nfaudio.choices import BACKENDS, PRECISIONS
 from nfaudio.runtime import eval_mode, module_device, resolve_device, same_device
 
+if TYPE_CHECKING:
+    from torch import nn
+
 __all__ = ["ACTIVATIONS", "BACKENDS", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer",
-           "activate", "check_activation", "ort_session", "require"]
+           "activate", "check_activation", "frontend_groups", "ort_session", "require"]
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -46,7 +55,8 @@ def activate(logits: Any, activation: str) -> Any:
         ValueError: unknown activation.
     """
     check_activation(activation)
-    if isinstance(logits, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor means torch is loaded; never import it for numpy input
+    if torch is not None and isinstance(logits, torch.Tensor):
         logits = logits.float()
         return torch.softmax(logits, -1) if activation == "softmax" else torch.sigmoid(logits)
     logits = np.asarray(logits, dtype=np.float32)
@@ -62,16 +72,45 @@ def check_activation(activation: str) -> None:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
 
 
+def frontend_groups(models: Sequence[nn.Module]) -> list[list[int]]:
+    """Indices of ``models`` grouped by identical log-mel frontends (same settings, same buffers), in first-seen
+    order; a model without a ``frontend`` forms its own group."""
+    import torch
+
+    groups: list[list[int]] = []
+    keys: list[tuple[str, Any]] = []
+    for i, m in enumerate(models):
+        fe = getattr(m, "frontend", None)
+        settings = getattr(fe, "settings", None)
+        if settings is None:
+            groups.append([i])
+            keys.append(("", None))
+            continue
+        key = json.dumps(settings(), sort_keys=True, default=str)
+        buffers = dict(fe.named_buffers())
+        for group, (other_key, other) in zip(groups, keys):
+            if other_key == key and other is not None and buffers.keys() == other.keys() and all(
+                    torch.equal(buffers[n], other[n]) for n in buffers):
+                group.append(i)
+                break
+        else:
+            groups.append([i])
+            keys.append((key, buffers))
+    return groups
+
+
 class TorchScorer:
     """Mean probability of PyTorch models (clip logits -> sigmoid/softmax) under ``torch.inference_mode``.
 
     The models are scored in eval mode and left as they were given (mode, device, weights): a model on another
-    device than ``device`` is scored through a copy on ``device``.
+    device than ``device`` is scored through a copy on ``device``. Models with the same frontend share it (see the
+    module docstring): the log-mel of a batch is computed once per group (:func:`frontend_groups`).
 
     Args:
         models: :class:`~nfaudio.models.AudioClassifier` instances sharing classes and sample rate.
         activation: "sigmoid" (multi-label) or "softmax" (single-label).
         device: "auto" (CUDA when available), "cpu", "cuda", ...
+        share_frontend: compute each group's log-mel once (default); ``False`` runs every model whole.
 
     Raises:
         ValueError: no model, mixed sample rates, unknown activation.
@@ -79,7 +118,8 @@ class TorchScorer:
 
     name = "torch"
 
-    def __init__(self, models: Sequence[nn.Module], activation: str = "sigmoid", device: str = "auto") -> None:
+    def __init__(self, models: Sequence[nn.Module], activation: str = "sigmoid", device: str = "auto",
+                 share_frontend: bool = True) -> None:
         check_activation(activation)
         if not models:
             raise ValueError("a scorer needs at least one model")
@@ -91,16 +131,28 @@ class TorchScorer:
         self.device = resolve_device(device)
         self.models = [m if same_device(module_device(m), self.device) else copy.deepcopy(m).to(self.device)
                        for m in models]
+        self.share_frontend = bool(share_frontend)
+        shareable = all(hasattr(m, "forward_spectrogram") for m in self.models)
+        self.groups = (frontend_groups(self.models) if self.share_frontend and shareable
+                       else [[i] for i in range(len(self.models))])
 
-    @torch.inference_mode()
     def __call__(self, waves: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
-        total = None
-        with eval_mode(*self.models):
-            for m in self.models:
-                p = activate(m(x).clip, self.activation)
-                total = p if total is None else total + p
-        return (total / len(self.models)).cpu().numpy()
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+            total = None
+            with eval_mode(*self.models):
+                for group in self.groups:
+                    if len(group) == 1:
+                        outs = [self.models[group[0]](x)]
+                    else:
+                        spec = self.models[group[0]].frontend(x)  # (B, 1, n_mels, frames), once per group
+                        outs = [self.models[i].forward_spectrogram(spec) for i in group]
+                    for out in outs:
+                        p = activate(out.clip, self.activation)
+                        total = p if total is None else total + p
+            return (total / len(self.models)).cpu().numpy()
 
 
 def require(module: str, extra: str) -> Any:
@@ -128,24 +180,50 @@ def ort_session(path: str, device: str, threads: int | None) -> Any:
 
 
 class _RuntimeScorer:
-    """Mean probability over several exported models run by a runtime; subclasses set ``_run``."""
+    """Mean probability over several exported models run by a runtime; subclasses load and run one graph.
+
+    Without ``frontends`` each of ``paths`` is a whole model (``wave`` in, ``clip`` out). With them, ``paths[i]``
+    is member ``i``'s body (``spec`` in, ``clip`` out) and ``frontends[i]`` its frontend graph (``wave`` in,
+    ``spec`` out; ``None``: a whole model); members given the same frontend file share it: it runs once per batch
+    for all of them.
+    """
 
     name = ""
 
-    def __init__(self, paths: Sequence[str | os.PathLike], activation: str, sample_rate: int) -> None:
+    def __init__(self, paths: Sequence[str | os.PathLike], activation: str, sample_rate: int,
+                 frontends: Sequence[str | os.PathLike | None] | None = None) -> None:
         check_activation(activation)
         if not paths:
             raise ValueError("a scorer needs at least one model")
         self.paths = [str(p) for p in paths]
+        if frontends is not None and len(frontends) != len(self.paths):
+            raise ValueError(f"{len(frontends)} frontend graphs for {len(self.paths)} models")
+        self.frontends = None if frontends is None else [None if f is None else str(f) for f in frontends]
         self.activation = activation
         self.sample_rate = int(sample_rate)
+        groups: dict[str | None, list[int]] = {}
+        for i in range(len(self.paths)):
+            groups.setdefault(None if self.frontends is None else self.frontends[i], []).append(i)
+        self.groups = list(groups.items())  # (frontend file or None, member indices), first-seen order
 
-    def _clip_logits(self, index: int, waves: np.ndarray) -> np.ndarray:
+    def _load(self, path: str) -> Any:
         raise NotImplementedError
+
+    def _run(self, graph: Any, x: np.ndarray, output: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def _load_graphs(self) -> list[Any]:
+        self._frontend_graphs = {f: self._load(f) for f, _ in self.groups if f is not None}
+        return [self._load(p) for p in self.paths]
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         waves = np.ascontiguousarray(waves, dtype=np.float32)
-        total = sum(activate(self._clip_logits(i, waves), self.activation) for i in range(len(self.paths)))
+        total = None
+        for frontend, members in self.groups:
+            x = waves if frontend is None else self._run(self._frontend_graphs[frontend], waves, "spec")
+            for i in members:
+                p = activate(self._run(self._graphs[i], x, "clip"), self.activation)
+                total = p if total is None else total + p
         return (total / len(self.paths)).astype(np.float32)
 
 
@@ -153,22 +231,29 @@ class OnnxScorer(_RuntimeScorer):
     """onnxruntime sessions (all graph optimisations, ``threads`` intra-op threads, CUDA when asked).
 
     Args:
-        paths: ``.onnx`` files from :func:`export_onnx`.
+        paths: ``.onnx`` files from :func:`export_onnx` (or bodies from :func:`export_parts`, with ``frontends``).
         activation: "sigmoid" or "softmax".
         sample_rate: the models' sample rate.
         device: "cpu", "cuda" or "auto".
         threads: intra-op threads (default: onnxruntime's choice, one per physical core).
+        frontends: the members' frontend graphs (see :class:`_RuntimeScorer`); ``None``: whole models.
     """
 
     name = "onnxruntime"
 
     def __init__(self, paths: Sequence[str | os.PathLike], activation: str, sample_rate: int, device: str = "cpu",
-                 threads: int | None = None) -> None:
-        super().__init__(paths, activation, sample_rate)
-        self.sessions = [ort_session(p, device, threads) for p in self.paths]
+                 threads: int | None = None, frontends: Sequence[str | os.PathLike | None] | None = None) -> None:
+        super().__init__(paths, activation, sample_rate, frontends)
+        self._device, self._threads = device, threads
+        self.sessions = self._graphs = self._load_graphs()
 
-    def _clip_logits(self, index: int, waves: np.ndarray) -> np.ndarray:
-        return self.sessions[index].run(["clip"], {"wave": waves})[0]
+    def _load(self, path: str) -> Any:
+        session = ort_session(path, self._device, self._threads)
+        return session, session.get_inputs()[0].name
+
+    def _run(self, graph: Any, x: np.ndarray, output: str) -> np.ndarray:
+        session, name = graph
+        return session.run([output], {name: x})[0]
 
 
 class OpenVinoScorer(_RuntimeScorer):
@@ -182,21 +267,24 @@ class OpenVinoScorer(_RuntimeScorer):
     name = "openvino"
 
     def __init__(self, paths: Sequence[str | os.PathLike], activation: str, sample_rate: int, device: str = "cpu",
-                 threads: int | None = None, precision: str = "fp32") -> None:
-        super().__init__(paths, activation, sample_rate)
+                 threads: int | None = None, precision: str = "fp32",
+                 frontends: Sequence[str | os.PathLike | None] | None = None) -> None:
+        super().__init__(paths, activation, sample_rate, frontends)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         ov = require("openvino", "openvino")
-        core = ov.Core()
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
-                                  "PERFORMANCE_HINT": "LATENCY"}
+        self._core = ov.Core()
+        self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+                                        "PERFORMANCE_HINT": "LATENCY"}
         if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
         if precision != "fp32":
             self.name = f"openvino-{precision}"
-        target = "CPU" if device in ("auto", "cpu") else device.upper()
-        self.compiled = [core.compile_model(p, target, config) for p in self.paths]
+        self._target = "CPU" if device in ("auto", "cpu") else device.upper()
+        self.compiled = self._graphs = self._load_graphs()
 
-    def _clip_logits(self, index: int, waves: np.ndarray) -> np.ndarray:
-        compiled = self.compiled[index]
-        return compiled(waves)[compiled.output("clip")]
+    def _load(self, path: str) -> Any:
+        return self._core.compile_model(path, self._target, self._config)
+
+    def _run(self, graph: Any, x: np.ndarray, output: str) -> np.ndarray:
+        return graph(x)[graph.output(output)]

@@ -3,11 +3,16 @@ dynamic batch), the class names, sample rate, window length and activation store
 the file is self-describing (:func:`read_onnx_metadata`). The frontend is written with its "matmul" STFT strategy
 (:mod:`nfaudio.frontend.matmul`) where that reproduces the model's frontend; the runtimes that score the file
 are in :mod:`nfaudio.backends`.
+
+:func:`export_parts` writes a model as two graphs instead, its frontend (``wave -> spec``) and its body (``spec ->
+clip, frame``), so that the members of an ensemble with the same frontend run it once per batch; the export cache
+(:mod:`nfaudio.export_cache`) keeps these pairs next to the checkpoints for the onnxruntime and OpenVINO backends.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import json
 import logging
@@ -27,7 +32,7 @@ from nfaudio.fileio import atomic_path
 from nfaudio.frontend import LogMel
 from nfaudio.models import AudioClassifier, load_checkpoint, prediction_meta
 
-__all__ = ["OPSET", "export_onnx", "read_onnx_metadata"]
+__all__ = ["OPSET", "export_onnx", "export_parts", "read_onnx_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,105 @@ class _Logits(nn.Module):
     def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(wave)
         return out.clip, out.frame
+
+
+class _Frontend(nn.Module):
+    """``wave (B, T) -> spec (B, 1, n_mels, frames)``: the model's log-mel frontend alone."""
+
+    def __init__(self, model: AudioClassifier) -> None:
+        super().__init__()
+        self.frontend = model.frontend
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        return self.frontend(wave)
+
+
+class _Body(nn.Module):
+    """``spec -> (clip (B, C), frame (B, F, C))`` logits: everything after the frontend."""
+
+    def __init__(self, model: AudioClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.forward_spectrogram(spec)
+        return out.clip, out.frame
+
+
+def _to_onnx(module: nn.Module, example: torch.Tensor, names: tuple[str, list[str]], opset: int) -> bytes:
+    """Trace ``module`` (in eval mode, batch axis dynamic) into ONNX bytes."""
+    buf = io.BytesIO()
+    inp, outs = names
+    axes = {n: {0: "batch"} for n in (inp, *outs)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer / exporter-deprecation chatter
+        torch.onnx.export(module.eval(), (example,), buf, dynamo=False, opset_version=opset, input_names=[inp],
+                          output_names=outs, dynamic_axes=axes)
+    return buf.getvalue()
+
+
+def export_parts(model: AudioClassifier | str | os.PathLike, folder: str | os.PathLike, *, opset: int = OPSET,
+                 fast_frontend: bool = True) -> dict[str, Any]:
+    """Export a model as ``folder/frontend.onnx`` (``wave (batch, T) -> spec (batch, 1, n_mels, frames)``) and
+    ``folder/body.onnx`` (``spec -> clip (batch, C), frame (batch, F, C)`` logits), each written atomically and
+    carrying the metadata of :func:`export_onnx`. Running the frontend then the body equals the whole model.
+
+    Args:
+        model: a model, or a checkpoint file (its classes, duration and activation are used).
+        folder: where the two files go (created).
+        opset: ONNX opset (>= 17).
+        fast_frontend: the matmul DFT frontend where it matches (see :func:`export_onnx`).
+
+    Returns:
+        The metadata (as :func:`read_onnx_metadata` gives it), plus ``frontend`` (the frontend's settings).
+
+    Raises:
+        ImportError: ``onnx`` is not installed.
+    """
+    onnx = require("onnx", "onnx")
+    if isinstance(model, (str, os.PathLike)):
+        model, ckpt = load_checkpoint(model)
+        meta = prediction_meta(model, ckpt["classes"], ckpt["duration"], ckpt["activation"])
+    else:
+        model = copy.deepcopy(model)
+        meta = prediction_meta(model)
+    model = model.eval().cpu()
+    check_activation(meta["activation"])
+    n = int(round(meta["duration"] * meta["sample_rate"]))
+    example = torch.randn(2, n, generator=torch.Generator().manual_seed(0)) * 0.1
+    fast = _matmul_frontend(model.frontend, example) if fast_frontend else None
+    with torch.no_grad():
+        spec = model.frontend(example)
+    meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),
+                frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__,
+                frontend=model.frontend.settings(), frontend_sha256=_frontend_digest(model.frontend))
+    if fast is not None:
+        model.frontend = fast  # our copy: the graph gets the matmul STFT
+    graphs = {"frontend.onnx": _to_onnx(_Frontend(model), example, ("wave", ["spec"]), opset),
+              "body.onnx": _to_onnx(_Body(model), spec, ("spec", ["clip", "frame"]), opset)}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in graphs.items():
+        proto = onnx.load_from_string(data)
+        _add_metadata(proto, {**meta, "part": name.removesuffix(".onnx")})
+        with atomic_path(folder / name) as tmp:
+            onnx.save(proto, str(tmp))
+    return meta
+
+
+def _frontend_digest(frontend: LogMel) -> str:
+    """SHA-256 of a frontend's settings and buffers: equal digests compute equal spectrograms."""
+    h = hashlib.sha256(json.dumps(frontend.settings(), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(frontend.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _add_metadata(proto: Any, meta: dict[str, Any]) -> None:
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = _META_PREFIX + key, json.dumps(value)
 
 
 def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLike, *,
@@ -122,9 +226,7 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     proto = onnx.load_from_string(buf.getvalue())
     meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),
                 frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__)
-    for key, value in meta.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = _META_PREFIX + key, json.dumps(value)
+    _add_metadata(proto, meta)
     proto.doc_string = "nfaudio model: wave (batch, samples) -> clip (batch, C), frame (batch, F, C) logits"
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

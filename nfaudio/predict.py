@@ -14,35 +14,44 @@ window's score never depends on which other files share the run: a resumed run
 Post-processing, both optional: time-shift TTA (each window is also scored shifted by a few seconds,
 using the neighbouring audio, and the probabilities are averaged) and neighbour smoothing
 (``(1 - 2w) p[k] + w p[k-1] + w p[k+1]`` within a file).
+
+Start-up: this module imports neither torch nor the model code. The torch backend loads them to build its models;
+onnxruntime and OpenVINO run the graphs of the export cache (:mod:`nfaudio.export_cache`), so with a warm cache
+such a process never imports torch, timm or librosa. An ensemble whose members share their frontend settings
+computes the log-mel of a batch once (see :mod:`nfaudio.backends`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import logging
 import os
-import tempfile
+import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from nfaudio.audio import AudioError
 from nfaudio.backends import BACKENDS, OnnxScorer, OpenVinoScorer, Scorer, TorchScorer, require
 from nfaudio.choices import LAST_POLICIES
 from nfaudio.config import PredictConfig
 from nfaudio.decode import DecodeSpec, iter_decoded
-from nfaudio.export import export_onnx, read_onnx_metadata
+from nfaudio.export_cache import cached_export
 from nfaudio.formats import FileResult
 from nfaudio.inputs import list_audio
-from nfaudio.models import AudioClassifier, load_checkpoint
 from nfaudio.predict_run import RunSummary, run_prediction
 from nfaudio.rundir import find_checkpoints
 from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
+
+if TYPE_CHECKING:
+    import torch
+
+    from nfaudio.models import AudioClassifier
 
 __all__ = ["FileResult", "Predictor", "load_runtime_scorer", "output_options", "predictor_options",
            "smooth_neighbours"]
@@ -116,7 +125,8 @@ class Predictor:
                  freq_range: tuple[float, float] | None = None, sources: Sequence[str | Path] = (),
                  overlap: float | None = None, threads: int | None = None, decode_timeout: float | None = 60.0,
                  decode_timeout_factor: float = 1.0) -> None:
-        if isinstance(models, torch.nn.Module):
+        torch = sys.modules.get("torch")  # a torch model means torch is loaded: never import it for a Scorer
+        if torch is not None and isinstance(models, torch.nn.Module):
             models = [models]
         self.scorer: Scorer = (TorchScorer(models, activation, device) if isinstance(models, (list, tuple))
                                else models)
@@ -156,16 +166,20 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", device: str = "auto",
-                        threads: int | None = None, precision: str = "fp32", **kwargs: Any) -> Predictor:
+                        threads: int | None = None, precision: str = "fp32", share_frontend: bool = True,
+                        **kwargs: Any) -> Predictor:
         """Build from a checkpoint, a run directory or a CV directory (see :func:`find_checkpoints`).
 
         Args:
             path: model file(s) location.
-            backend: "torch", "onnxruntime" or "openvino" (the latter two export ``.pt`` files to ONNX first).
+            backend: "torch", "onnxruntime" or "openvino" (the latter two run ``.onnx`` files, or the export cache's
+                graphs of ``.pt`` files, built on first use: :mod:`nfaudio.export_cache`).
             device: "auto", "cpu", "cuda", ...
             threads: intra-op threads of the backend, torch, onnxruntime or OpenVINO alike (default: the thread
                 policy, :func:`nfaudio.runtime.intra_op_threads`).
             precision: "fp32", or "bf16" with the openvino backend (faster, approximate).
+            share_frontend: members with the same frontend compute the log-mel once per batch (default; the
+                scores are the same); ``False`` runs each member whole (for comparison).
             **kwargs: other :class:`Predictor` options (``window`` defaults to the training duration).
 
         Raises:
@@ -176,7 +190,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         args = (str(Path(path).resolve()), dict(backend=backend, device=device, threads=threads, precision=precision,
-                                                 **kwargs))
+                                                 share_frontend=share_frontend, **kwargs))
         threads = intra_op_threads(threads, workers=int(kwargs.get("num_workers", 1)))
         paths = find_checkpoints(path)
         if backend == "torch":
@@ -184,12 +198,16 @@ class Predictor:
                 raise ValueError(f"precision {precision!r} needs the openvino backend")
             if any(p.suffix == ".onnx" for p in paths):
                 raise ValueError(f"{path}: ONNX models need --backend onnxruntime or openvino")
+            from nfaudio.models import load_checkpoint
+
             loaded = [load_checkpoint(p) for p in paths]
             metas = [m for _, m in loaded]
             target = resolve_device(device)  # our own copies: moved, not copied, onto the device
-            scorer: Scorer = TorchScorer([m.to(target) for m, _ in loaded], metas[0]["activation"], target)
+            scorer: Scorer = TorchScorer([m.to(target) for m, _ in loaded], metas[0]["activation"], target,
+                                         share_frontend=share_frontend)
         else:
-            scorer, metas = load_runtime_scorer(paths, backend, device=device, threads=threads, precision=precision)
+            scorer, metas = load_runtime_scorer(paths, backend, device=device, threads=threads, precision=precision,
+                                                share_frontend=share_frontend)
         for p, meta in zip(paths[1:], metas[1:]):
             for key in ("classes", "duration", "sample_rate", "activation"):
                 if meta[key] != metas[0][key]:
@@ -231,7 +249,8 @@ class Predictor:
     def iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
         """Score ``files`` (decoded by ``num_workers`` processes); yields one :class:`FileResult` per file as it
         finishes (not necessarily in input order), including files that failed (``error`` set)."""
-        with torch_threads(self.threads):
+        # torch's threads follow the policy whenever torch is loaded; a runtime scorer set its own at load time
+        with torch_threads(self.threads) if "torch" in sys.modules else contextlib.nullcontext():
             yield from self._iter_results(files)
 
     def _iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
@@ -306,10 +325,12 @@ class Predictor:
 
 
 def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device: str = "cpu",
-                        threads: int | None = None, precision: str = "fp32"
+                        threads: int | None = None, precision: str = "fp32", share_frontend: bool = True
                         ) -> tuple[Scorer, list[dict[str, Any]]]:
-    """An :class:`OnnxScorer`/:class:`OpenVinoScorer` over ``.onnx`` files or checkpoints (exported to a
-    temporary folder first, kept for the scorer's lifetime), plus each model's metadata.
+    """An :class:`OnnxScorer`/:class:`OpenVinoScorer` over ``.onnx`` files (whole models) or checkpoints (their
+    frontend and body graphs from the export cache, :func:`nfaudio.export_cache.cached_export`, built on first
+    use), plus each model's metadata. Checkpoints with the same frontend (settings and buffers) share one
+    frontend graph unless ``share_frontend`` is False.
 
     Raises:
         ValueError: unknown backend, or a precision other than fp32 for onnxruntime.
@@ -322,18 +343,26 @@ def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device
         raise ValueError(f"backend must be one of {sorted(runtimes)}, got {backend!r}")
     require("onnxruntime" if backend == "onnxruntime" else "openvino", "onnx" if backend == "onnxruntime"
              else "openvino")
-    tmp = None
-    files, metas = [], []
-    for i, p in enumerate(map(Path, paths)):
-        if p.suffix != ".onnx":
-            tmp = tmp or tempfile.TemporaryDirectory(prefix="nfaudio-onnx-")
-            p = export_onnx(p, Path(tmp.name) / f"model{i}.onnx", check=False)
-        files.append(p)
-        metas.append(read_onnx_metadata(p))
+    files, frontends, metas = [], [], []
+    shared: dict[str, str] = {}  # frontend digest -> the frontend graph of its first member
+    for p in map(Path, paths):
+        if p.suffix == ".onnx":
+            from nfaudio.export import read_onnx_metadata
+
+            files.append(p)
+            frontends.append(None)
+            metas.append(read_onnx_metadata(p))
+            continue
+        entry = cached_export(p)
+        frontend = str(entry.frontend)
+        if share_frontend:
+            frontend = shared.setdefault(entry.meta["frontend_sha256"], frontend)
+        files.append(entry.body)
+        frontends.append(frontend)
+        metas.append(entry.meta)
     extra = {"precision": precision} if backend == "openvino" else {}
     scorer = runtimes[backend](files, metas[0].get("activation", "sigmoid"), metas[0]["sample_rate"], device,
-                              threads, **extra)
-    scorer._tmpdir = tmp  # keeps the exported files while the scorer lives
+                               threads, frontends=frontends, **extra)
     return scorer, metas
 
 

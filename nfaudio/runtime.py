@@ -8,6 +8,9 @@ Threads: one policy for torch, onnxruntime and OpenVINO. :func:`intra_op_threads
 count: an explicit number wins, else the usable cores minus the worker processes (DataLoader or decode
 workers) that run beside the model, at least one, so model threads and workers do not oversubscribe a small
 CPU. :func:`torch_threads` applies a count to torch for one block and restores the caller's setting.
+
+torch is imported inside the functions that need it, so the thread policy costs nothing to a process that runs
+onnxruntime or OpenVINO only (``nfaudio predict --backend onnxruntime`` with a cached export never loads torch).
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["eval_mode", "intra_op_threads", "module_device", "resolve_device", "same_device", "torch_threads",
            "usable_cores"]
@@ -25,6 +30,8 @@ __all__ = ["eval_mode", "intra_op_threads", "module_device", "resolve_device", "
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``"auto"`` picks CUDA when available, else the CPU; any other name is passed to ``torch.device``."""
+    import torch
+
     if isinstance(name, torch.device):
         return name
     if name == "auto":
@@ -34,6 +41,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
 
 def module_device(module: nn.Module) -> torch.device:
     """The device of a module's first parameter (or buffer); the CPU for a module with neither."""
+    import torch
+
     for tensor in (*module.parameters(), *module.buffers()):
         return tensor.device
     return torch.device("cpu")
@@ -45,6 +54,8 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     def index(d: torch.device) -> int:
         if d.index is not None:
             return d.index
+        import torch
+
         return torch.cuda.current_device() if d.type == "cuda" else 0
 
     return a.type == b.type and index(a) == index(b)
@@ -116,6 +127,8 @@ def torch_threads(threads: int) -> Iterator[None]:
     """
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
+    import torch
+
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

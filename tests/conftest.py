@@ -136,7 +136,8 @@ def write_tone(path: Path, seconds: float, sr: int = SCORE_SR, seed: int = 0) ->
 
 @pytest.fixture(scope="session")
 def cv_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A CV run of two folds, ``fold0/best.pt`` and ``fold1/best.pt`` (seeds 0 and 1); never written to."""
+    """A CV run of two folds, ``fold0/best.pt`` and ``fold1/best.pt`` (seeds 0 and 1); never written to, except by
+    the export cache (``fold*/.nfaudio-export/``, when a test scores it with onnxruntime or OpenVINO)."""
     root = tmp_path_factory.mktemp("cv")
     save_tiny_model(root / "fold0" / "best.pt", seed=0)
     save_tiny_model(root / "fold1" / "best.pt", seed=1)

@@ -97,3 +97,65 @@ def test_openvino_backend_equals_torch(ckpt: Path, exported: Path, audio_dir: Pa
     got = Predictor.from_checkpoint(exported, backend="openvino", num_workers=0, threads=1).predict([audio_dir])
     pd.testing.assert_index_equal(got.index, ref.index)
     np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- shared frontend
+@pytest.fixture(scope="module")
+def two_groups(cv_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """fold0, fold1 (same frontend) and a model with 24 mel bands (another frontend), all three classes."""
+    import shutil
+
+    from conftest import CLASSES, recipe_model
+
+    from nfaudio.models import save_model
+
+    root = tmp_path_factory.mktemp("two_groups")  # our own copies: the export cache writes next to them
+    paths = [shutil.copy(cv_dir / f"fold{k}" / "best.pt", root / f"fold{k}.pt") for k in (0, 1)]
+    other = recipe_model(len(CLASSES), {**FRONTEND, "n_mels": 24}, seed=2)
+    path = save_model(other, root / "mels24.pt", classes=CLASSES, duration=1.0, activation="sigmoid")
+    return [Path(p) for p in paths] + [path]
+
+
+def test_torch_ensemble_computes_each_frontend_once_and_equals_the_unshared_one(two_groups: list[Path]) -> None:
+    from nfaudio.backends import frontend_groups
+
+    models = [load_model(p) for p in two_groups]
+    assert frontend_groups(models) == [[0, 1], [2]]
+    calls = [0, 0, 0]
+    for i, m in enumerate(models):
+        m.frontend.register_forward_hook(lambda *_, i=i: calls.__setitem__(i, calls[i] + 1))
+    waves = (np.random.default_rng(3).standard_normal((5, SR)) * 0.2).astype(np.float32)
+    shared = TorchScorer(models, device="cpu")(waves)
+    assert calls == [1, 0, 1]  # fold1 used fold0's spectrogram; the 24-mel model its own
+    unshared = TorchScorer(models, device="cpu", share_frontend=False)(waves)
+    assert calls == [2, 1, 2]
+    np.testing.assert_allclose(shared, unshared, atol=1e-6, rtol=0)
+    with torch.inference_mode():
+        by_hand = np.mean([torch.sigmoid(m.eval()(torch.from_numpy(waves)).clip).numpy() for m in models], axis=0)
+    np.testing.assert_allclose(shared, by_hand, atol=1e-6, rtol=0)
+
+
+def test_frontends_with_equal_settings_but_other_buffers_are_not_shared(cv_dir: Path) -> None:
+    from nfaudio.backends import frontend_groups
+
+    models = [load_model(cv_dir / f"fold{k}" / "best.pt") for k in (0, 1)]
+    with torch.no_grad():
+        models[1].frontend.mel_fb[0, 0] += 1.0
+    assert frontend_groups(models) == [[0], [1]]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_runtime_ensemble_shares_one_frontend_graph_per_group(two_groups: list[Path], backend: str) -> None:
+    pytest.importorskip(backend)
+    pytest.importorskip("onnx")
+    from nfaudio.predict import load_runtime_scorer
+
+    waves = (np.random.default_rng(4).standard_normal((5, SR)) * 0.2).astype(np.float32)
+    shared, metas = load_runtime_scorer(two_groups, backend, threads=1)
+    assert [members for _, members in shared.groups] == [[0, 1], [2]]
+    assert [m["frontend"]["n_mels"] for m in metas] == [32, 32, 24]
+    unshared, _ = load_runtime_scorer(two_groups, backend, threads=1, share_frontend=False)
+    assert [members for _, members in unshared.groups] == [[0], [1], [2]]
+    np.testing.assert_allclose(shared(waves), unshared(waves), atol=1e-4, rtol=0)
+    reference = TorchScorer([load_model(p) for p in two_groups], device="cpu", share_frontend=False)(waves)
+    np.testing.assert_allclose(shared(waves), reference, atol=1e-4, rtol=0)

@@ -85,6 +85,14 @@ class AudioClassifier(nn.Module):
         clip, frame = self.head(features)
         return ModelOutput(clip=clip, frame=frame)
 
+    def forward_spectrogram(self, spec: torch.Tensor) -> ModelOutput:
+        """Everything after the frontend: ``spec_augment -> backbone -> head``, so that ``forward(wave) ==
+        forward_spectrogram(frontend(wave))`` (an ensemble shares one frontend this way).
+
+        Args: spec ``(B, 1, n_mels, frames)`` from :attr:`frontend`. Returns :class:`ModelOutput` logits.
+        """
+        return self.forward_head(self.backbone(self.spec_augment(spec)))
+
     def forward(self, wave: torch.Tensor) -> ModelOutput:
         """Args: wave ``(B, T)``. Returns :class:`ModelOutput` logits."""
         return self.forward_head(self.forward_features(wave))
