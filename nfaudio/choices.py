@@ -5,13 +5,15 @@ built, so a typo fails before any data is read. No imports: cheap for the CLI to
 
 from __future__ import annotations
 
-__all__ = ["BACKENDS", "CHOICES", "CROPS", "DATA_KINDS", "FOLD_STRATEGIES", "FORMATS", "HEADS", "LAST_POLICIES",
+__all__ = ["BACKENDS", "CACHE_MODES", "CHOICES", "CROPS",
+           "DATA_KINDS", "FOLD_STRATEGIES", "FORMATS", "HEADS", "LAST_POLICIES",
            "LOSSES", "METRIC_NAMES", "MIXUP_RULES", "NOISE_COLORS", "NORMALIZE", "OPTIMIZERS", "PATH_KEYS",
            "POOLINGS", "PRECISIONS", "PSEUDO_MODES", "PSEUDO_SAMPLING", "SELECT", "TABLE_FORMATS",
            "DISTILL_LOSSES"]
 
 DATA_KINDS = ("auto", "birdclef", "folder", "csv")
 CROPS = ("random", "start", "center")
+CACHE_MODES = ("none", "memory", "disk")
 NORMALIZE = ("none", "per_clip", "fixed")
 NOISE_COLORS = ("white", "pink")
 MIXUP_RULES = ("weighted", "max")
@@ -32,7 +34,7 @@ PSEUDO_SAMPLING = ("uniform", "weight")
 DISTILL_LOSSES = ("bce", "kl")
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.kind": DATA_KINDS, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,
+    "data.kind": DATA_KINDS, "data.cache": CACHE_MODES, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,
     "augment.noise_color": NOISE_COLORS, "augment.mixup_rule": MIXUP_RULES, "model.head": HEADS,
     "model.pooling": POOLINGS, "loss.name": LOSSES, "optim.name": OPTIMIZERS, "train.select": SELECT,
     "train.metric": METRIC_NAMES, "cv.strategy": FOLD_STRATEGIES, "predict.last": LAST_POLICIES,
@@ -41,5 +43,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pseudo.mix_rule": MIXUP_RULES, "distill.loss": DISTILL_LOSSES,
 }
 # Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
-PATH_KEYS = ("data.root", "data.manifest", "model.pretrained", "model.weights_dir", "model.weights_cache",
-             "augment.background_files", "pseudo.labels", "distill.teacher")
+PATH_KEYS = ("data.root", "data.manifest", "data.cache_dir", "model.pretrained", "model.weights_dir",
+             "model.weights_cache", "augment.background_files", "pseudo.labels", "distill.teacher")

@@ -44,6 +44,8 @@ class DataConfig:
     validate: bool = True
     min_duration: float = 0.0
     num_workers: int = 2
+    cache: str = "none"
+    cache_dir: str | None = None
 
 
 @dataclass

@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from nfaudio import audio
 from nfaudio.audio import AudioError
+from nfaudio.audio.cache import DecodedCache
 from nfaudio.choices import CROPS
 from nfaudio.config import Config, ConfigError
 from nfaudio.manifest import (  # noqa: F401 - re-exported: data.py is the public entry point
@@ -112,7 +113,8 @@ class AudioDataset(Dataset):
     """Fixed-length clips with targets: items are ``(wave (T,), target (C,), weight (), row_id)``.
 
     ``train=True``: with ``crop="random"`` a random crop drawn from ``np.random.default_rng([seed, epoch, i])``
-    (call :meth:`set_epoch` each epoch; with ``persistent_workers=True`` the epoch does not reach the workers),
+    (call :meth:`set_epoch` each epoch; persistent DataLoader workers hold their own copy, so the trainer sends the
+    epoch with each index through :class:`nfaudio.training.loader.EpochIndexed`),
     then ``transform(y, sr, rng)``. ``train=False``: crop at the start (``"random"``/``"start"``) or the centre,
     no transform. Long files are read partially (``audio.info`` + ``audio.load(offset, duration)``); short ones
     are zero-padded. Holds only lists and arrays, so it pickles into DataLoader workers. With the default collate
@@ -123,6 +125,8 @@ class AudioDataset(Dataset):
         train: random crops + transform. transform: ``f(y, sr, rng) -> y``, picklable for worker processes.
         secondary_weight, label_smoothing: see :func:`encode_targets`. use_rating: weights from
             :func:`rating_weights`, else 1. seed: base of the per-item generators. crop: see above.
+        cache: a :class:`~nfaudio.audio.cache.DecodedCache` at ``sample_rate`` to read the crops from (each file
+            decoded once), or None to decode every crop.
 
     Raises:
         ValueError: bad ``crop``, ``sample_rate``, ``duration`` or ``seed``.
@@ -131,7 +135,7 @@ class AudioDataset(Dataset):
     def __init__(self, manifest: Manifest, sample_rate: int = 32000, duration: float = 5.0, train: bool = False,
                  transform: Callable[[np.ndarray, int, np.random.Generator], np.ndarray] | None = None,
                  secondary_weight: float = 0.5, label_smoothing: float = 0.0, use_rating: bool = False,
-                 seed: int = 0, crop: str = "random") -> None:
+                 seed: int = 0, crop: str = "random", cache: DecodedCache | None = None) -> None:
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         if sample_rate <= 0 or duration <= 0 or seed < 0:
@@ -139,6 +143,9 @@ class AudioDataset(Dataset):
         self.sample_rate, self.duration = int(sample_rate), float(duration)
         self.num_samples = int(round(self.duration * self.sample_rate))
         self.train, self.transform, self.seed, self.crop, self.epoch = train, transform, int(seed), crop, 0
+        if cache is not None and cache.sample_rate != self.sample_rate:
+            raise ValueError(f"cache sample rate {cache.sample_rate} != dataset sample rate {self.sample_rate}")
+        self.cache = cache
         self.classes = list(manifest.classes)
         self.paths = manifest.df["path"].astype(str).tolist()
         self.row_ids = manifest.df["row_id"].astype(str).tolist()
@@ -156,6 +163,8 @@ class AudioDataset(Dataset):
         """The cropped/padded clip of row ``i`` at ``sample_rate`` (float32, ``(num_samples,)``); see
         :func:`nfaudio.audio.read_crop`."""
         mode = self.crop if self.crop != "random" else ("random" if self.train else "start")
+        if self.cache is not None:
+            return self.cache.read_crop(self.paths[i], self.duration, mode, rng)
         return audio.read_crop(self.paths[i], self.sample_rate, self.duration, mode, rng)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]:

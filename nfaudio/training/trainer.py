@@ -48,10 +48,10 @@ from nfaudio.training.distributed import (
     distributed,
     gather,
     reduce_sum,
-    shard,
     world,
     wrap,
 )
+from nfaudio.training.loader import build_cache, train_loader
 from nfaudio.training.loggers import HistoryLogger, plot_curves
 from nfaudio.training.losses import ClipFrameLoss
 from nfaudio.training.state import get_rng_state, seed_everything, set_rng_state, worker_init
@@ -156,9 +156,11 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     step_model = wrap(model, w, device, find_unused=t.freeze_backbone_epochs > 0)  # DDP under torchrun
     transform = build_augment(cfg)
     a = cfg.audio
+    cache = build_cache(cfg, train_set.df["path"].astype(str).tolist()
+                        + (val_set.df["path"].astype(str).tolist() if val_set is not None else []))
     train_ds = AudioDataset(train_set, sample_rate=a.sample_rate, duration=a.duration, train=True,
                             transform=transform, secondary_weight=cfg.loss.secondary_weight,
-                            label_smoothing=cfg.loss.label_smoothing, use_rating=t.use_rating, seed=seed)
+                            label_smoothing=cfg.loss.label_smoothing, use_rating=t.use_rating, seed=seed, cache=cache)
     if cfg.pseudo.labels:  # training rows only: validation stays labelled
         p = cfg.pseudo
         train_ds = pseudo_training_set(train_ds, p.labels, classes, mode=p.mode, sample_rate=a.sample_rate,
@@ -174,7 +176,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
                  d.loss, d.temperature, d.alpha)
     if val_set is not None:
         val_ds = AudioDataset(val_set, sample_rate=a.sample_rate, duration=a.duration, train=False,
-                              secondary_weight=1.0, crop=a.eval_crop)
+                              secondary_weight=1.0, crop=a.eval_crop, cache=cache)
         val_targets = (encode_targets(val_set, secondary_weight=1.0) > 0).astype(np.float32)
     metric = get_metric(t.metric)
     loss_fn = ClipFrameLoss(cfg.loss.name, cfg.loss.frame_weight, cfg.loss.focal_gamma, cfg.loss.focal_alpha)
@@ -210,6 +212,8 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
              run.path, len(train_set), len(val_set) if val_set is not None else 0, len(classes),
              "on" if agc else "off", device, f", {w.size} processes" if w.enabled else "")
 
+    drop_last = per_rank > t.batch_size  # never an epoch of zero steps
+    loader, sampler = train_loader(train_ds, t.batch_size, seed, w, sample_weights, drop_last, **loader_kw)
     start_epoch, best_score, best_epoch, history, bad_epochs = 0, -math.inf, -1, [], 0
     state = run.load_state(map_location=device) if resume else None
     if state is not None:
@@ -231,23 +235,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         frozen = epoch < t.freeze_backbone_epochs
         for p in model.backbone.parameters():
             p.requires_grad_(not frozen)
-        train_ds.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        drop_last = per_rank > t.batch_size  # never an epoch of zero steps
-        if w.enabled:  # this rank's share of the global sample a single process would draw
-            weights = (torch.as_tensor(sample_weights, dtype=torch.double) if sample_weights is not None
-                       else None)
-            loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=shard(len(train_ds), w, gen, weights),
-                                drop_last=drop_last, generator=torch.Generator().manual_seed(seed * 1000 + epoch),
-                                **loader_kw)  # its own generator: the global RNG stays as a single process has it
-        elif sample_weights is not None:
-            sampler = torch.utils.data.WeightedRandomSampler(
-                sample_weights, num_samples=len(train_ds), replacement=True, generator=gen)
-            loader = DataLoader(train_ds, batch_size=t.batch_size, sampler=sampler, drop_last=drop_last,
-                                **loader_kw)
-        else:
-            loader = DataLoader(train_ds, batch_size=t.batch_size, shuffle=True, generator=gen,
-                                drop_last=drop_last, **loader_kw)
+        sampler.set_epoch(epoch)  # the workers read the epoch from each index (persistent workers)
         mix_gen = torch.Generator().manual_seed(seed * 1000 + epoch + 1)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
