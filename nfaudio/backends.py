@@ -4,6 +4,12 @@ Three exist: ``torch`` (:class:`TorchScorer`, the reference), ``onnxruntime`` (:
 ``openvino`` (:class:`OpenVinoScorer`, optional extra). The last two run graphs written by
 :func:`nfaudio.export.export_onnx` (waveform in, clip and frame logits out). Their intra-op threads come from the
 one thread policy (:func:`nfaudio.runtime.intra_op_threads`) when the caller passes ``threads``.
+
+Every scorer also embeds (``embed(waves, fold_mode)``: window embeddings and probabilities from one pass; the ONNX
+graph needs its ``embedding`` output, ``export_onnx(..., embedding=True)``). An ensemble's embeddings are combined
+by :func:`combine_embeddings`: "mean" averages the models' vectors (``D`` wide; meaningful where the models share
+a feature space, e.g. folds fine-tuned from the same pretrained weights), "concat" puts them side by side
+(``models x D`` wide, model order; nothing is mixed).
 """
 
 from __future__ import annotations
@@ -18,22 +24,54 @@ import numpy as np
 import torch
 from torch import nn
 
-from nfaudio.choices import BACKENDS, PRECISIONS
+from nfaudio.choices import BACKENDS, FOLD_MODES, PRECISIONS
 from nfaudio.runtime import eval_mode, module_device, resolve_device, same_device
 
-__all__ = ["ACTIVATIONS", "BACKENDS", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer",
-           "activate", "check_activation", "ort_session", "require"]
+__all__ = ["ACTIVATIONS", "BACKENDS", "FOLD_MODES", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer",
+           "TorchScorer", "activate", "check_activation", "combine_embeddings", "embedding_width", "ort_session",
+           "require"]
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
 
 class Scorer(Protocol):
-    """Waveforms ``(B, T)`` float32 at ``sample_rate`` -> class probabilities ``(B, C)`` (ensemble mean)."""
+    """Waveforms ``(B, T)`` float32 at ``sample_rate`` -> class probabilities ``(B, C)`` (ensemble mean); ``embed``
+    gives ``(embeddings (B, D'), probabilities (B, C))``, ``embedding_dims`` each model's ``D``."""
 
     sample_rate: int
     name: str
+    embedding_dims: list[int]
 
     def __call__(self, waves: np.ndarray) -> np.ndarray: ...
+
+    def embed(self, waves: np.ndarray, fold_mode: str = "mean") -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _check_fold_mode(fold_mode: str) -> None:
+    if fold_mode not in FOLD_MODES:
+        raise ValueError(f"fold_mode must be one of {FOLD_MODES}, got {fold_mode!r}")
+
+
+def embedding_width(dims: Sequence[int], fold_mode: str = "mean") -> int:
+    """Width of an ensemble's combined embeddings: ``D`` ("mean"; the models must agree) or ``sum(D)`` ("concat").
+
+    Raises:
+        ValueError: unknown mode, no model, or "mean" over models of different widths.
+    """
+    _check_fold_mode(fold_mode)
+    if not dims:
+        raise ValueError("no model to embed with")
+    if fold_mode == "mean" and len(set(dims)) != 1:
+        raise ValueError(f"fold_mode 'mean' needs models of one embedding width, got {list(dims)}; use 'concat'")
+    return int(sum(dims)) if fold_mode == "concat" else int(dims[0])
+
+
+def combine_embeddings(parts: Sequence[np.ndarray], fold_mode: str = "mean") -> np.ndarray:
+    """The models' ``(B, D_i)`` embeddings as one float32 ``(B, D')`` array (see the module docstring)."""
+    embedding_width([p.shape[-1] for p in parts], fold_mode)
+    if fold_mode == "concat":
+        return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+    return (sum(np.asarray(p, np.float64) for p in parts) / len(parts)).astype(np.float32)
 
 
 def activate(logits: Any, activation: str) -> Any:
@@ -91,6 +129,7 @@ class TorchScorer:
         self.device = resolve_device(device)
         self.models = [m if same_device(module_device(m), self.device) else copy.deepcopy(m).to(self.device)
                        for m in models]
+        self.embedding_dims = [int(m.embedding_dim) for m in self.models]
 
     @torch.inference_mode()
     def __call__(self, waves: np.ndarray) -> np.ndarray:
@@ -101,6 +140,20 @@ class TorchScorer:
                 p = activate(m(x).clip, self.activation)
                 total = p if total is None else total + p
         return (total / len(self.models)).cpu().numpy()
+
+    @torch.inference_mode()
+    def embed(self, waves: np.ndarray, fold_mode: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings (B, D'), probabilities (B, C))`` from one pass of each model."""
+        embedding_width(self.embedding_dims, fold_mode)
+        x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+        embs, total = [], None
+        with eval_mode(*self.models):
+            for m in self.models:
+                out = m.forward_with_embedding(x)
+                p = activate(out.clip, self.activation)
+                total = p if total is None else total + p
+                embs.append(out.embedding.float().cpu().numpy())
+        return combine_embeddings(embs, fold_mode), (total / len(self.models)).cpu().numpy()
 
 
 def require(module: str, extra: str) -> Any:
@@ -141,12 +194,37 @@ class _RuntimeScorer:
         self.sample_rate = int(sample_rate)
 
     def _clip_logits(self, index: int, waves: np.ndarray) -> np.ndarray:
+        return self._run(index, waves, ["clip"])[0]
+
+    def _run(self, index: int, waves: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         raise NotImplementedError
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         waves = np.ascontiguousarray(waves, dtype=np.float32)
         total = sum(activate(self._clip_logits(i, waves), self.activation) for i in range(len(self.paths)))
         return (total / len(self.paths)).astype(np.float32)
+
+    def _check_embedding(self) -> None:
+        missing = [p for p, d in zip(self.paths, self.embedding_dims) if not d]
+        if missing:
+            raise ValueError(f"{missing[0]} has no embedding output; export it again with embedding=True "
+                             "(nfaudio export --embedding)")
+
+    def embed(self, waves: np.ndarray, fold_mode: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings (B, D'), probabilities (B, C))`` from one run of each graph.
+
+        Raises:
+            ValueError: a graph without the ``embedding`` output; see :func:`embedding_width`.
+        """
+        self._check_embedding()
+        embedding_width(self.embedding_dims, fold_mode)
+        waves = np.ascontiguousarray(waves, dtype=np.float32)
+        embs, total = [], 0.0
+        for i in range(len(self.paths)):
+            clip, emb = self._run(i, waves, ["clip", "embedding"])
+            total = total + activate(clip, self.activation)
+            embs.append(np.asarray(emb, np.float32))
+        return combine_embeddings(embs, fold_mode), (total / len(self.paths)).astype(np.float32)
 
 
 class OnnxScorer(_RuntimeScorer):
@@ -166,9 +244,11 @@ class OnnxScorer(_RuntimeScorer):
                  threads: int | None = None) -> None:
         super().__init__(paths, activation, sample_rate)
         self.sessions = [ort_session(p, device, threads) for p in self.paths]
+        self.embedding_dims = [next((int(o.shape[-1]) for o in s.get_outputs() if o.name == "embedding"), 0)
+                               for s in self.sessions]
 
-    def _clip_logits(self, index: int, waves: np.ndarray) -> np.ndarray:
-        return self.sessions[index].run(["clip"], {"wave": waves})[0]
+    def _run(self, index: int, waves: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        return self.sessions[index].run(list(names), {"wave": waves})
 
 
 class OpenVinoScorer(_RuntimeScorer):
@@ -196,7 +276,10 @@ class OpenVinoScorer(_RuntimeScorer):
             self.name = f"openvino-{precision}"
         target = "CPU" if device in ("auto", "cpu") else device.upper()
         self.compiled = [core.compile_model(p, target, config) for p in self.paths]
+        self.embedding_dims = [next((o.get_partial_shape()[-1].get_length() for o in c.outputs
+                                     if "embedding" in o.get_names()), 0) for c in self.compiled]
 
-    def _clip_logits(self, index: int, waves: np.ndarray) -> np.ndarray:
+    def _run(self, index: int, waves: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         compiled = self.compiled[index]
-        return compiled(waves)[compiled.output("clip")]
+        out = compiled(waves)
+        return [out[compiled.output(name)] for name in names]

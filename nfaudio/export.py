@@ -1,5 +1,5 @@
-"""ONNX export: the whole model with its log-mel frontend inside (waveform in, clip and frame logits out,
-dynamic batch), the class names, sample rate, window length and activation stored as ONNX ``metadata_props`` so
+"""ONNX export: the whole model with its log-mel frontend inside (waveform in, clip and frame logits out, and
+optionally the window embeddings, dynamic batch), the class names, sample rate, window length and activation stored as ONNX ``metadata_props`` so
 the file is self-describing (:func:`read_onnx_metadata`). The frontend is written with its "matmul" STFT strategy
 (:mod:`nfaudio.frontend.matmul`) where that reproduces the model's frontend; the runtimes that score the file
 are in :mod:`nfaudio.backends`.
@@ -51,26 +51,31 @@ def _matmul_frontend(frontend: LogMel, example: torch.Tensor, atol: float = 1e-3
 
 
 class _Logits(nn.Module):
-    """``wave (B, T) -> (clip (B, C), frame (B, F, C))`` logits as a plain tuple for the exporter."""
+    """``wave (B, T) -> (clip (B, C), frame (B, F, C)[, embedding (B, D)])`` as a plain tuple for the exporter."""
 
-    def __init__(self, model: AudioClassifier) -> None:
+    def __init__(self, model: AudioClassifier, embedding: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.embedding = embedding
 
-    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.embedding:
+            return tuple(self.model.forward_with_embedding(wave))
         out = self.model(wave)
         return out.clip, out.frame
 
 
 def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLike, *,
                 classes: Sequence[str] | None = None, duration: float | None = None, activation: str | None = None,
-                opset: int = OPSET, check: bool = True, atol: float = 1e-4, fast_frontend: bool = True) -> Path:
+                opset: int = OPSET, check: bool = True, atol: float = 1e-4, fast_frontend: bool = True,
+                embedding: bool = False) -> Path:
     """Export a model (frontend included) to ONNX: input ``wave (batch, T)`` float32, outputs ``clip
-    (batch, C)`` and ``frame (batch, F, C)`` logits, batch dynamic, ``T`` the window length.
+    (batch, C)`` and ``frame (batch, F, C)`` logits (and with ``embedding`` a third output ``embedding (batch,
+    D)``, :meth:`AudioClassifier.forward_embedding`), batch dynamic, ``T`` the window length.
 
     Metadata (``metadata_props``, JSON values): ``nfaudio.classes``, ``nfaudio.sample_rate``,
     ``nfaudio.duration``, ``nfaudio.activation``, ``nfaudio.fmin``/``fmax``, ``nfaudio.frame_seconds``,
-    ``nfaudio.model_config``, ``nfaudio.version``.
+    ``nfaudio.model_config``, ``nfaudio.version``, ``nfaudio.embedding_dim`` (0 without the output).
 
     The model given is left as it was (mode, device, weights): a copy in eval mode on the CPU is exported and
     checked.
@@ -83,9 +88,10 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
         activation: "sigmoid" or "softmax" (default: from the checkpoint, else "sigmoid").
         opset: ONNX opset (>= 17 for the STFT op).
         check: run the file with onnxruntime (when installed) and compare with torch.
-        atol: largest allowed absolute difference of the logits for ``check``.
+        atol: largest allowed absolute difference of the logits (and embeddings) for ``check``.
         fast_frontend: export the STFT as two small DFT matrix products (several times faster in
             onnxruntime and OpenVINO than the ONNX ``STFT`` op; used only where it matches the frontend).
+        embedding: add the ``embedding`` output (what ``nfaudio embed`` reads).
 
     Returns:
         The path written.
@@ -108,7 +114,8 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     n = int(round(meta["duration"] * meta["sample_rate"]))
     example = torch.randn(2, n, generator=torch.Generator().manual_seed(0)) * 0.1
     buf = io.BytesIO()
-    axes = {"wave": {0: "batch"}, "clip": {0: "batch"}, "frame": {0: "batch"}}
+    names = ["clip", "frame"] + (["embedding"] if embedding else [])
+    axes = {"wave": {0: "batch"}, **{name: {0: "batch"} for name in names}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer / exporter-deprecation chatter
         reference = model.frontend
@@ -117,15 +124,17 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
             model.frontend = fast  # our copy: the graph gets the matmul STFT
         # The wrapper must be in eval mode too: the exporter restores the wrapper's mode after tracing,
         # which would switch the wrapped model (SpecAugment, dropout, drop-path) back to training.
-        torch.onnx.export(_Logits(model).eval(), (example,), buf, dynamo=False, opset_version=opset,
-                          input_names=["wave"], output_names=["clip", "frame"], dynamic_axes=axes)
+        torch.onnx.export(_Logits(model, embedding).eval(), (example,), buf, dynamo=False, opset_version=opset,
+                          input_names=["wave"], output_names=names, dynamic_axes=axes)
     proto = onnx.load_from_string(buf.getvalue())
     meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),
-                frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__)
+                frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__,
+                embedding_dim=model.embedding_dim if embedding else 0)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = _META_PREFIX + key, json.dumps(value)
-    proto.doc_string = "nfaudio model: wave (batch, samples) -> clip (batch, C), frame (batch, F, C) logits"
+    proto.doc_string = ("nfaudio model: wave (batch, samples) -> clip (batch, C), frame (batch, F, C) logits"
+                        + (", embedding (batch, D)" if embedding else ""))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -137,7 +146,8 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
 
 
 def _check_parity(model: AudioClassifier, path: Path, atol: float) -> float:
-    """Max |torch - onnxruntime| over clip and frame logits on a random batch of 3; raise above ``atol``."""
+    """Max |torch - onnxruntime| over the outputs (clip and frame logits, embeddings) on a random batch of 3;
+    raise above ``atol``."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -147,9 +157,11 @@ def _check_parity(model: AudioClassifier, path: Path, atol: float) -> float:
     wave = torch.randn(3, int(round(meta["duration"] * meta["sample_rate"])),
                        generator=torch.Generator().manual_seed(1)) * 0.1
     with torch.inference_mode():
-        ref = model(wave)
-    clip, frame = ort_session(str(path), "cpu", None).run(None, {"wave": wave.numpy()})
-    diff = max(float(np.abs(clip - ref.clip.numpy()).max()), float(np.abs(frame - ref.frame.numpy()).max()))
+        ref = model.forward_with_embedding(wave)
+    session = ort_session(str(path), "cpu", None)
+    names = [o.name for o in session.get_outputs()]
+    got = session.run(names, {"wave": wave.numpy()})
+    diff = max(float(np.abs(g - getattr(ref, name).numpy()).max()) for name, g in zip(names, got))
     if diff > atol:
         raise RuntimeError(f"{path}: onnxruntime differs from torch by {diff:.3g} > {atol:g}")
     log.info("exported %s (max |onnx - torch| = %.2g)", path, diff)
