@@ -1,8 +1,8 @@
 """ONNX export: the whole model with its log-mel frontend inside (waveform in, clip and frame logits out, and
-optionally the window embeddings, dynamic batch), the class names, sample rate, window length and activation stored as ONNX ``metadata_props`` so
-the file is self-describing (:func:`read_onnx_metadata`). The frontend is written with its "matmul" STFT strategy
-(:mod:`nfaudio.frontend.matmul`) where that reproduces the model's frontend; the runtimes that score the file
-are in :mod:`nfaudio.backends`.
+optionally the window embeddings, dynamic batch), the class names, sample rate, window length and activation
+stored as ONNX ``metadata_props`` so the file is self-describing (:func:`read_onnx_metadata`). The frontend is
+written with its "matmul" STFT strategy (:mod:`nfaudio.frontend.matmul`) where that reproduces the model's
+frontend; the runtimes that score the file are in :mod:`nfaudio.backends`.
 """
 
 from __future__ import annotations

@@ -127,19 +127,24 @@ def test_store_keys_and_scores_are_the_predictions_and_the_embeddings_predictor_
     table = pred.predict([audio_dir])
     keys, emb = pred.embed([audio_dir])
     pd.testing.assert_frame_equal(keys, table)
-    assert emb.shape == (len(table), pred.models[0].embedding_dim) and emb.dtype == np.float32
+    assert emb.shape == (len(table), pred.models[0].embedding_dim)
+    assert emb.dtype == np.float32
     by_file = {r.path.name: r for r in pred.iter_embeddings(sorted(audio_dir.rglob("*.wav")))}
     assert by_file["rec_a.wav"].embeddings.shape == (6, emb.shape[1])  # 3.5 s, 1 s windows 0.5 s apart + shifted
 
     summary = run_embedding(pred, [audio_dir], tmp_path / "store", scores=True, shard_rows=4, progress=False)
     assert (summary.n_files, summary.n_scored, summary.n_failed) == (3, 3, 0)
     store = open_store(tmp_path / "store")
-    assert store.complete and store.dim == emb.shape[1] and store.classes == pred.classes
+    assert store.complete
+    assert store.dim == emb.shape[1]
+    assert store.classes == pred.classes
     assert [len(k) for k, _ in store.iter_batches(())] == [6, 3 + 5]  # >= 4 rows a shard, files kept whole
     pd.testing.assert_frame_equal(store.keys(), table.reset_index()[["file", "start_s", "end_s"]])
     pd.testing.assert_frame_equal(store.scores(), table)
     np.testing.assert_array_equal(store.embeddings(), emb)
-    assert store.info["fold_mode"] == "mean" and store.info["hop"] == 0.5 and store.info["last"] == "shift"
+    assert store.info["fold_mode"] == "mean"
+    assert store.info["hop"] == 0.5
+    assert store.info["last"] == "shift"
     assert pd.read_csv(tmp_path / "store" / "errors.csv").empty
 
 
@@ -152,7 +157,8 @@ def test_a_corrupt_file_goes_to_errors_csv_and_is_tried_again(ckpt: Path, tmp_pa
     first = run_embedding(pred, [data], tmp_path / "store", progress=False)
     assert (first.n_scored, first.n_failed) == (2, 1)
     errors = pd.read_csv(tmp_path / "store" / "errors.csv")
-    assert errors["file"].tolist() == [str(data / "b.wav")] and "not readable as audio" in errors["reason"][0]
+    assert errors["file"].tolist() == [str(data / "b.wav")]
+    assert "not readable as audio" in errors["reason"][0]
     assert open_store(tmp_path / "store").files() == [str(data / "a.wav"), str(data / "c.wav")]
     write_tone(data / "b.wav", 1.0, seed=2)  # repaired: the rerun embeds it (at the end: stores are append-only)
     again = run_embedding(pred, [data], tmp_path / "store", progress=False)
@@ -174,7 +180,8 @@ def test_a_store_cut_short_resumes_to_the_uninterrupted_rows_and_refuses_other_s
     again = run_embedding(pred, [audio_dir], cut, scores=True, shard_rows=1, progress=False)
     assert (again.n_resumed, again.n_scored) == (1, 2)
     a, b = open_store(cut), open_store(tmp_path / "clean")
-    assert a.complete and len(list((cut / "shards").iterdir())) == 3  # the unlisted leftovers were removed
+    assert a.complete
+    assert len(list((cut / "shards").iterdir())) == 3
     pd.testing.assert_frame_equal(a.keys(), b.keys())
     np.testing.assert_array_equal(a.embeddings(), b.embeddings())
     pd.testing.assert_frame_equal(a.scores(), b.scores())
@@ -184,7 +191,8 @@ def test_a_store_cut_short_resumes_to_the_uninterrupted_rows_and_refuses_other_s
     with pytest.raises(StoreConflictError, match="classes"):
         run_embedding(pred, [audio_dir], cut, scores=False, progress=False)
     redo = run_embedding(other, [audio_dir], cut, overwrite=True, progress=False)
-    assert redo.n_resumed == 0 and open_store(cut).num_rows == 6 + 3 + 5
+    assert redo.n_resumed == 0
+    assert open_store(cut).num_rows == 6 + 3 + 5
 
 
 def test_cv_fold_embeddings_mean_and_concat(cv_dir: Path, audio_dir: Path, tmp_path: Path) -> None:
@@ -194,13 +202,16 @@ def test_cv_fold_embeddings_mean_and_concat(cv_dir: Path, audio_dir: Path, tmp_p
     d = folds[0].shape[1]
     mean = ens.embed([audio_dir], fold_mode="mean")[1]
     concat = ens.embed([audio_dir], fold_mode="concat")[1]
-    assert mean.shape[1] == d and concat.shape[1] == 2 * d
+    assert mean.shape[1] == d
+    assert concat.shape[1] == 2 * d
     np.testing.assert_allclose(mean, (folds[0] + folds[1]) / 2, rtol=0, atol=1e-6)
     np.testing.assert_array_equal(concat, np.hstack(folds))
     for mode, width in (("mean", d), ("concat", 2 * d)):
         run_embedding(ens, [audio_dir], tmp_path / mode, fold_mode=mode, progress=False)
         meta = json.loads((tmp_path / mode / "embeddings.json").read_text())
-        assert meta["dim"] == width and meta["info"]["fold_mode"] == mode and meta["info"]["model_dims"] == [d, d]
+        assert meta["dim"] == width
+        assert meta["info"]["fold_mode"] == mode
+        assert meta["info"]["model_dims"] == [d, d]
 
 
 def test_embeddings_need_a_predictor_without_tta(ckpt: Path, audio_dir: Path, tmp_path: Path) -> None:
@@ -243,19 +254,22 @@ def test_embed_flags_are_predict_flags_plus_the_stores(ckpt: Path, audio_dir: Pa
     import dataclasses
     import inspect
 
+    from test_cli import _dests
+
     from nfaudio.cli_embed import EMBED_RUN_FLAGS
     from nfaudio.config import PredictConfig
-    from test_cli import _dests
 
     keys = {f.name for f in dataclasses.fields(PredictConfig)}
     assert _dests("embed") - set(EMBED_RUN_FLAGS) <= keys
     run_keys = {"fold_mode", "scores", "shard_rows", "overwrite"}
-    assert run_keys <= set(EMBED_RUN_FLAGS) and run_keys <= set(inspect.signature(run_embedding).parameters)
+    assert run_keys <= set(EMBED_RUN_FLAGS)
+    assert run_keys <= set(inspect.signature(run_embedding).parameters)
     assert main(["embed", str(ckpt), str(audio_dir), "--out", str(tmp_path / "s"), "--scores", "--workers", "0",
                  "--hop", "0.5", "--no-progress"]) == 0
     assert "3/3 files embedded" in capsys.readouterr().out
     store = open_store(tmp_path / "s")
-    assert store.num_rows == 6 + 3 + 5 and store.classes == ["alpha", "beta", "gamma"]
+    assert store.num_rows == 6 + 3 + 5
+    assert store.classes == ["alpha", "beta", "gamma"]
     assert main(["embed", str(ckpt), str(audio_dir), "--out", str(tmp_path / "s"), "--workers", "0"]) == 2
     assert "other settings" in capsys.readouterr().err
 
@@ -290,7 +304,8 @@ def test_kill_9_of_nfaudio_embed_then_rerun_gives_the_uninterrupted_store(ckpt: 
     assert main([*args, "--out", str(killed)]) == 0  # the same command resumes
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
     a, b = open_store(killed), open_store(tmp_path / "clean")
-    assert a.complete and a.num_rows == b.num_rows == 12 * 20
+    assert a.complete
+    assert a.num_rows == b.num_rows == 12 * 20
     pd.testing.assert_frame_equal(a.keys(), b.keys())
     np.testing.assert_array_equal(a.embeddings(), b.embeddings())
     pd.testing.assert_frame_equal(a.scores(), b.scores())

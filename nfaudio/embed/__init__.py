@@ -3,7 +3,8 @@ shards of per-window embeddings), a vector index and search, shallow classifiers
 and active learning.
 
 Making a store: ``nfaudio embed MODEL INPUTS --out DIR`` or :meth:`Predictor.embed_to_dir`
-(:func:`nfaudio.embed.run.run_embedding`, the resumable run); one query's vector: :func:`nfaudio.embed.query.embed_query`.
+(:func:`nfaudio.embed.run.run_embedding`, the resumable run); one query's vector:
+:func:`nfaudio.embed.query.embed_query`.
 Those two modules load the model stack (torch), so they are not imported here: reading a store needs only pyarrow.
 """
 
