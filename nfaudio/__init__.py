@@ -56,6 +56,10 @@ _API: dict[str, tuple[str, str]] = {
     "Predictor": ("nfaudio.predict", "Predictor"),
     "run_prediction": ("nfaudio.predict_run", "run_prediction"),
     "export_onnx": ("nfaudio.export", "export_onnx"),
+    # embeddings
+    "run_embedding": ("nfaudio.embed.run", "run_embedding"),
+    "embed_query": ("nfaudio.embed.query", "embed_query"),
+    "open_store": ("nfaudio.embed.store", "open_store"),
     # data for trying it out
     "generate_dataset": ("nfaudio.synth", "generate_dataset"),
     "run_demo": ("nfaudio.demo", "run_demo"),

@@ -10,6 +10,12 @@ Shared frontend: the members of an ensemble whose log-mel frontends are the same
 folds of a CV run) compute the spectrogram of a batch once; each member then runs only its backbone and head.
 Members with other settings form groups of their own. The scores equal those of the unshared ensemble (the same
 operations on the same batch). torch is imported only by the torch scorer, so the runtimes' processes never load it.
+
+Every scorer also embeds (``embed(waves, fold_mode)``: window embeddings and probabilities from one pass; the ONNX
+graph needs its ``embedding`` output, ``export_onnx(..., embedding=True)``). An ensemble's embeddings are combined
+by :func:`combine_embeddings`: "mean" averages the models' vectors (``D`` wide; meaningful where the models share
+a feature space, e.g. folds fine-tuned from the same pretrained weights), "concat" puts them side by side
+(``models x D`` wide, model order; nothing is mixed).
 """
 
 from __future__ import annotations
@@ -24,25 +30,57 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from nfaudio.choices import BACKENDS, PRECISIONS
+from nfaudio.choices import BACKENDS, FOLD_MODES, PRECISIONS
 from nfaudio.runtime import eval_mode, module_device, resolve_device, same_device
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["ACTIVATIONS", "BACKENDS", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer", "TorchScorer",
-           "activate", "check_activation", "frontend_groups", "ort_session", "require"]
+__all__ = ["ACTIVATIONS", "BACKENDS", "FOLD_MODES", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer",
+           "TorchScorer", "activate", "check_activation", "combine_embeddings", "embedding_width",
+           "frontend_groups", "ort_session", "require"]
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
 
 class Scorer(Protocol):
-    """Waveforms ``(B, T)`` float32 at ``sample_rate`` -> class probabilities ``(B, C)`` (ensemble mean)."""
+    """Waveforms ``(B, T)`` float32 at ``sample_rate`` -> class probabilities ``(B, C)`` (ensemble mean); ``embed``
+    gives ``(embeddings (B, D'), probabilities (B, C))``, ``embedding_dims`` each model's ``D``."""
 
     sample_rate: int
     name: str
+    embedding_dims: list[int]
 
     def __call__(self, waves: np.ndarray) -> np.ndarray: ...
+
+    def embed(self, waves: np.ndarray, fold_mode: str = "mean") -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def _check_fold_mode(fold_mode: str) -> None:
+    if fold_mode not in FOLD_MODES:
+        raise ValueError(f"fold_mode must be one of {FOLD_MODES}, got {fold_mode!r}")
+
+
+def embedding_width(dims: Sequence[int], fold_mode: str = "mean") -> int:
+    """Width of an ensemble's combined embeddings: ``D`` ("mean"; the models must agree) or ``sum(D)`` ("concat").
+
+    Raises:
+        ValueError: unknown mode, no model, or "mean" over models of different widths.
+    """
+    _check_fold_mode(fold_mode)
+    if not dims:
+        raise ValueError("no model to embed with")
+    if fold_mode == "mean" and len(set(dims)) != 1:
+        raise ValueError(f"fold_mode 'mean' needs models of one embedding width, got {list(dims)}; use 'concat'")
+    return int(sum(dims)) if fold_mode == "concat" else int(dims[0])
+
+
+def combine_embeddings(parts: Sequence[np.ndarray], fold_mode: str = "mean") -> np.ndarray:
+    """The models' ``(B, D_i)`` embeddings as one float32 ``(B, D')`` array (see the module docstring)."""
+    embedding_width([p.shape[-1] for p in parts], fold_mode)
+    if fold_mode == "concat":
+        return np.concatenate(parts, axis=-1).astype(np.float32, copy=False)
+    return (sum(np.asarray(p, np.float64) for p in parts) / len(parts)).astype(np.float32)
 
 
 def activate(logits: Any, activation: str) -> Any:
@@ -135,6 +173,7 @@ class TorchScorer:
         shareable = all(hasattr(m, "forward_spectrogram") for m in self.models)
         self.groups = (frontend_groups(self.models) if self.share_frontend and shareable
                        else [[i] for i in range(len(self.models))])
+        self.embedding_dims = [int(m.embedding_dim) for m in self.models]
 
     def __call__(self, waves: np.ndarray) -> np.ndarray:
         import torch
@@ -153,6 +192,21 @@ class TorchScorer:
                         p = activate(out.clip, self.activation)
                         total = p if total is None else total + p
             return (total / len(self.models)).cpu().numpy()
+
+    def embed(self, waves: np.ndarray, fold_mode: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings (B, D'), probabilities (B, C))`` from one pass of each model."""
+        import torch
+
+        embedding_width(self.embedding_dims, fold_mode)
+        x = torch.from_numpy(np.ascontiguousarray(waves, dtype=np.float32)).to(self.device)
+        embs, total = [], None
+        with torch.inference_mode(), eval_mode(*self.models):
+            for m in self.models:
+                out = m.forward_with_embedding(x)
+                p = activate(out.clip, self.activation)
+                total = p if total is None else total + p
+                embs.append(out.embedding.float().cpu().numpy())
+        return combine_embeddings(embs, fold_mode), (total / len(self.models)).cpu().numpy()
 
 
 def require(module: str, extra: str) -> Any:
@@ -209,7 +263,7 @@ class _RuntimeScorer:
     def _load(self, path: str) -> Any:
         raise NotImplementedError
 
-    def _run(self, graph: Any, x: np.ndarray, output: str) -> np.ndarray:
+    def _run(self, graph: Any, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         raise NotImplementedError
 
     def _load_graphs(self) -> list[Any]:
@@ -220,11 +274,36 @@ class _RuntimeScorer:
         waves = np.ascontiguousarray(waves, dtype=np.float32)
         total = None
         for frontend, members in self.groups:
-            x = waves if frontend is None else self._run(self._frontend_graphs[frontend], waves, "spec")
+            x = waves if frontend is None else self._run(self._frontend_graphs[frontend], waves, ["spec"])[0]
             for i in members:
-                p = activate(self._run(self._graphs[i], x, "clip"), self.activation)
+                p = activate(self._run(self._graphs[i], x, ["clip"])[0], self.activation)
                 total = p if total is None else total + p
         return (total / len(self.paths)).astype(np.float32)
+
+    def _check_embedding(self) -> None:
+        missing = [p for p, d in zip(self.paths, self.embedding_dims) if not d]
+        if missing:
+            raise ValueError(f"{missing[0]} has no embedding output; export it again with embedding=True "
+                             "(nfaudio export --embedding)")
+
+    def embed(self, waves: np.ndarray, fold_mode: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+        """``(embeddings (B, D'), probabilities (B, C))`` from one run of each graph.
+
+        Raises:
+            ValueError: a graph without the ``embedding`` output; see :func:`embedding_width`.
+        """
+        self._check_embedding()
+        embedding_width(self.embedding_dims, fold_mode)
+        waves = np.ascontiguousarray(waves, dtype=np.float32)
+        embs: list[np.ndarray | None] = [None] * len(self.paths)
+        total = 0.0
+        for frontend, members in self.groups:
+            x = waves if frontend is None else self._run(self._frontend_graphs[frontend], waves, ["spec"])[0]
+            for i in members:
+                clip, emb = self._run(self._graphs[i], x, ["clip", "embedding"])
+                total = total + activate(clip, self.activation)
+                embs[i] = np.asarray(emb, np.float32)
+        return combine_embeddings(embs, fold_mode), (total / len(self.paths)).astype(np.float32)
 
 
 class OnnxScorer(_RuntimeScorer):
@@ -246,14 +325,16 @@ class OnnxScorer(_RuntimeScorer):
         super().__init__(paths, activation, sample_rate, frontends)
         self._device, self._threads = device, threads
         self.sessions = self._graphs = self._load_graphs()
+        self.embedding_dims = [next((int(o.shape[-1]) for o in s.get_outputs() if o.name == "embedding"), 0)
+                               for s, _ in self.sessions]
 
     def _load(self, path: str) -> Any:
         session = ort_session(path, self._device, self._threads)
         return session, session.get_inputs()[0].name
 
-    def _run(self, graph: Any, x: np.ndarray, output: str) -> np.ndarray:
+    def _run(self, graph: Any, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
         session, name = graph
-        return session.run([output], {name: x})[0]
+        return session.run(list(names), {name: x})
 
 
 class OpenVinoScorer(_RuntimeScorer):
@@ -282,9 +363,12 @@ class OpenVinoScorer(_RuntimeScorer):
             self.name = f"openvino-{precision}"
         self._target = "CPU" if device in ("auto", "cpu") else device.upper()
         self.compiled = self._graphs = self._load_graphs()
+        self.embedding_dims = [next((o.get_partial_shape()[-1].get_length() for o in c.outputs
+                                     if "embedding" in o.get_names()), 0) for c in self.compiled]
 
     def _load(self, path: str) -> Any:
         return self._core.compile_model(path, self._target, self._config)
 
-    def _run(self, graph: Any, x: np.ndarray, output: str) -> np.ndarray:
-        return graph(x)[graph.output(output)]
+    def _run(self, graph: Any, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:
+        out = graph(x)
+        return [out[graph.output(name)] for name in names]

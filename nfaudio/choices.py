@@ -9,7 +9,7 @@ __all__ = ["BACKENDS", "CACHE_MODES", "CHOICES", "CROPS",
            "DATA_KINDS", "FOLD_STRATEGIES", "FORMATS", "HEADS", "LAST_POLICIES",
            "LOSSES", "METRIC_NAMES", "MIXUP_RULES", "NOISE_COLORS", "NORMALIZE", "OPTIMIZERS", "PATH_KEYS",
            "POOLINGS", "PRECISIONS", "PSEUDO_MODES", "PSEUDO_SAMPLING", "SELECT", "TABLE_FORMATS",
-           "DISTILL_LOSSES"]
+           "DISTILL_LOSSES", "FOLD_MODES"]
 
 DATA_KINDS = ("auto", "birdclef", "folder", "csv")
 CROPS = ("random", "start", "center")
@@ -32,6 +32,7 @@ TABLE_FORMATS = ("csv", "parquet")
 PSEUDO_MODES = ("rows", "mix")
 PSEUDO_SAMPLING = ("uniform", "weight")
 DISTILL_LOSSES = ("bce", "kl")
+FOLD_MODES = ("mean", "concat")  # how an ensemble's (a CV run's) window embeddings are combined
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.kind": DATA_KINDS, "data.cache": CACHE_MODES, "audio.eval_crop": CROPS, "frontend.normalize": NORMALIZE,

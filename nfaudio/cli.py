@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from nfaudio import __version__, cli_selftrain, cli_study
+from nfaudio import __version__, cli_embed, cli_selftrain, cli_study
 from nfaudio.choices import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS
 from nfaudio.cli_args import predict_settings
 
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cli_selftrain.add_parsers(sub, _add_recipe_args, _add_scoring_args)  # pseudo-label, self-train
     cli_study.add_parsers(sub, _add_recipe_args)  # study bn-cost|agc
+    cli_embed.add_parsers(sub, _add_scoring_args)  # embed
 
     p = sub.add_parser("export", help="export a model (log-mel frontend included) to ONNX")
     p.add_argument("model", type=Path, help="checkpoint, run dir or CV dir")
@@ -120,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", "-o", type=Path, required=True, help="FILE.onnx (a folder for a CV run: fold<k>.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch parity check")
+    p.add_argument("--embedding", action="store_true", help="add the embedding output (for nfaudio embed)")
 
     p = sub.add_parser("recipes", help="list the shipped recipes (pass a name to --recipe), or print one")
     p.add_argument("name", nargs="?", default=None, help="print this recipe's YAML (to copy and edit)")
@@ -251,7 +253,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         outs = [(p, args.out / f"{p.parent.name if p.name == RunDir.BEST else p.stem}.onnx") for p in paths]
     try:
         for src, dst in outs:
-            export_onnx(src, dst, opset=args.opset, check=not args.no_check)
+            export_onnx(src, dst, opset=args.opset, check=not args.no_check, embedding=args.embedding)
             print(f"exported {src} -> {dst}")
     except ImportError as err:
         raise _UsageError(str(err)) from err
@@ -288,7 +290,7 @@ class _UsageError(Exception):
 
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
             "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes,
-            **cli_selftrain.COMMANDS, **cli_study.COMMANDS}
+            **cli_selftrain.COMMANDS, **cli_study.COMMANDS, **cli_embed.COMMANDS}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -308,6 +310,7 @@ _PATH_ARGS: dict[str, dict[str, str]] = {
     "evaluate": {"solution": "solution", "submission": "submission"}, "demo": {"out": "--out"},
     "predict": {"model": "model", "inputs": "input", "out": "--out"}, "export": {"model": "model", "out": "--out"},
     "pseudo-label": {"model": "model", "inputs": "input", "out": "--out", "recipe": "--recipe"},
+    "embed": {"model": "model", "inputs": "input", "out": "--out"},
     "self-train": {"recipe": "--recipe", "unlabelled": "--unlabelled", "out": "--out", "eval_labels": "--eval-labels"},
 }
 # Errors of writing the output that carry no file name but cannot be a bug: disk full, quota, read-only disk.

@@ -7,6 +7,9 @@ are in :mod:`nfaudio.backends`.
 :func:`export_parts` writes a model as two graphs instead, its frontend (``wave -> spec``) and its body (``spec ->
 clip, frame``), so that the members of an ensemble with the same frontend run it once per batch; the export cache
 (:mod:`nfaudio.export_cache`) keeps these pairs next to the checkpoints for the onnxruntime and OpenVINO backends.
+
+With ``embedding=True`` (and always in :func:`export_parts`' body) the graph has a third output, the window
+embeddings ``(batch, D)`` of :meth:`AudioClassifier.forward_embedding`.
 """
 
 from __future__ import annotations
@@ -56,13 +59,16 @@ def _matmul_frontend(frontend: LogMel, example: torch.Tensor, atol: float = 1e-3
 
 
 class _Logits(nn.Module):
-    """``wave (B, T) -> (clip (B, C), frame (B, F, C))`` logits as a plain tuple for the exporter."""
+    """``wave (B, T) -> (clip (B, C), frame (B, F, C)[, embedding (B, D)])`` as a plain tuple for the exporter."""
 
-    def __init__(self, model: AudioClassifier) -> None:
+    def __init__(self, model: AudioClassifier, embedding: bool = False) -> None:
         super().__init__()
         self.model = model
+        self.embedding = embedding
 
-    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.embedding:
+            return tuple(self.model.forward_with_embedding(wave))
         out = self.model(wave)
         return out.clip, out.frame
 
@@ -85,9 +91,9 @@ class _Body(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model.forward_spectrogram(spec)
-        return out.clip, out.frame
+    def forward(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.model.forward_spectrogram_with_embedding(spec)
+        return out.clip, out.frame, out.embedding
 
 
 def _to_onnx(module: nn.Module, example: torch.Tensor, names: tuple[str, list[str]], opset: int) -> bytes:
@@ -105,8 +111,9 @@ def _to_onnx(module: nn.Module, example: torch.Tensor, names: tuple[str, list[st
 def export_parts(model: AudioClassifier | str | os.PathLike, folder: str | os.PathLike, *, opset: int = OPSET,
                  fast_frontend: bool = True) -> dict[str, Any]:
     """Export a model as ``folder/frontend.onnx`` (``wave (batch, T) -> spec (batch, 1, n_mels, frames)``) and
-    ``folder/body.onnx`` (``spec -> clip (batch, C), frame (batch, F, C)`` logits), each written atomically and
-    carrying the metadata of :func:`export_onnx`. Running the frontend then the body equals the whole model.
+    ``folder/body.onnx`` (``spec -> clip (batch, C), frame (batch, F, C)`` logits, ``embedding (batch, D)``),
+    each written atomically and carrying the metadata of :func:`export_onnx`. Running the frontend then the body
+    equals the whole model.
 
     Args:
         model: a model, or a checkpoint file (its classes, duration and activation are used).
@@ -136,11 +143,12 @@ def export_parts(model: AudioClassifier | str | os.PathLike, folder: str | os.Pa
         spec = model.frontend(example)
     meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),
                 frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__,
-                frontend=model.frontend.settings(), frontend_sha256=_frontend_digest(model.frontend))
+                frontend=model.frontend.settings(), frontend_sha256=_frontend_digest(model.frontend),
+                embedding_dim=model.embedding_dim)
     if fast is not None:
         model.frontend = fast  # our copy: the graph gets the matmul STFT
     graphs = {"frontend.onnx": _to_onnx(_Frontend(model), example, ("wave", ["spec"]), opset),
-              "body.onnx": _to_onnx(_Body(model), spec, ("spec", ["clip", "frame"]), opset)}
+              "body.onnx": _to_onnx(_Body(model), spec, ("spec", ["clip", "frame", "embedding"]), opset)}
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, data in graphs.items():
@@ -168,13 +176,15 @@ def _add_metadata(proto: Any, meta: dict[str, Any]) -> None:
 
 def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLike, *,
                 classes: Sequence[str] | None = None, duration: float | None = None, activation: str | None = None,
-                opset: int = OPSET, check: bool = True, atol: float = 1e-4, fast_frontend: bool = True) -> Path:
+                opset: int = OPSET, check: bool = True, atol: float = 1e-4, fast_frontend: bool = True,
+                embedding: bool = False) -> Path:
     """Export a model (frontend included) to ONNX: input ``wave (batch, T)`` float32, outputs ``clip
-    (batch, C)`` and ``frame (batch, F, C)`` logits, batch dynamic, ``T`` the window length.
+    (batch, C)`` and ``frame (batch, F, C)`` logits (and with ``embedding`` a third output ``embedding (batch,
+    D)``, :meth:`AudioClassifier.forward_embedding`), batch dynamic, ``T`` the window length.
 
     Metadata (``metadata_props``, JSON values): ``nfaudio.classes``, ``nfaudio.sample_rate``,
     ``nfaudio.duration``, ``nfaudio.activation``, ``nfaudio.fmin``/``fmax``, ``nfaudio.frame_seconds``,
-    ``nfaudio.model_config``, ``nfaudio.version``.
+    ``nfaudio.model_config``, ``nfaudio.version``, ``nfaudio.embedding_dim`` (0 without the output).
 
     The model given is left as it was (mode, device, weights): a copy in eval mode on the CPU is exported and
     checked.
@@ -187,9 +197,10 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
         activation: "sigmoid" or "softmax" (default: from the checkpoint, else "sigmoid").
         opset: ONNX opset (>= 17 for the STFT op).
         check: run the file with onnxruntime (when installed) and compare with torch.
-        atol: largest allowed absolute difference of the logits for ``check``.
+        atol: largest allowed absolute difference of the logits (and embeddings) for ``check``.
         fast_frontend: export the STFT as two small DFT matrix products (several times faster in
             onnxruntime and OpenVINO than the ONNX ``STFT`` op; used only where it matches the frontend).
+        embedding: add the ``embedding`` output (what ``nfaudio embed`` reads).
 
     Returns:
         The path written.
@@ -212,7 +223,8 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     n = int(round(meta["duration"] * meta["sample_rate"]))
     example = torch.randn(2, n, generator=torch.Generator().manual_seed(0)) * 0.1
     buf = io.BytesIO()
-    axes = {"wave": {0: "batch"}, "clip": {0: "batch"}, "frame": {0: "batch"}}
+    names = ["clip", "frame"] + (["embedding"] if embedding else [])
+    axes = {"wave": {0: "batch"}, **{name: {0: "batch"} for name in names}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer / exporter-deprecation chatter
         reference = model.frontend
@@ -221,13 +233,15 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
             model.frontend = fast  # our copy: the graph gets the matmul STFT
         # The wrapper must be in eval mode too: the exporter restores the wrapper's mode after tracing,
         # which would switch the wrapped model (SpecAugment, dropout, drop-path) back to training.
-        torch.onnx.export(_Logits(model).eval(), (example,), buf, dynamo=False, opset_version=opset,
-                          input_names=["wave"], output_names=["clip", "frame"], dynamic_axes=axes)
+        torch.onnx.export(_Logits(model, embedding).eval(), (example,), buf, dynamo=False, opset_version=opset,
+                          input_names=["wave"], output_names=names, dynamic_axes=axes)
     proto = onnx.load_from_string(buf.getvalue())
     meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),
-                frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__)
+                frontend_graph="stft" if fast is None else "matmul_dft", version=nfaudio.__version__,
+                embedding_dim=model.embedding_dim if embedding else 0)
     _add_metadata(proto, meta)
-    proto.doc_string = "nfaudio model: wave (batch, samples) -> clip (batch, C), frame (batch, F, C) logits"
+    proto.doc_string = ("nfaudio model: wave (batch, samples) -> clip (batch, C), frame (batch, F, C) logits"
+                        + (", embedding (batch, D)" if embedding else ""))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
@@ -239,7 +253,8 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
 
 
 def _check_parity(model: AudioClassifier, path: Path, atol: float) -> float:
-    """Max |torch - onnxruntime| over clip and frame logits on a random batch of 3; raise above ``atol``."""
+    """Max |torch - onnxruntime| over the outputs (clip and frame logits, embeddings) on a random batch of 3;
+    raise above ``atol``."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -249,9 +264,11 @@ def _check_parity(model: AudioClassifier, path: Path, atol: float) -> float:
     wave = torch.randn(3, int(round(meta["duration"] * meta["sample_rate"])),
                        generator=torch.Generator().manual_seed(1)) * 0.1
     with torch.inference_mode():
-        ref = model(wave)
-    clip, frame = ort_session(str(path), "cpu", None).run(None, {"wave": wave.numpy()})
-    diff = max(float(np.abs(clip - ref.clip.numpy()).max()), float(np.abs(frame - ref.frame.numpy()).max()))
+        ref = model.forward_with_embedding(wave)
+    session = ort_session(str(path), "cpu", None)
+    names = [o.name for o in session.get_outputs()]
+    got = session.run(names, {"wave": wave.numpy()})
+    diff = max(float(np.abs(g - getattr(ref, name).numpy()).max()) for name, g in zip(names, got))
     if diff > atol:
         raise RuntimeError(f"{path}: onnxruntime differs from torch by {diff:.3g} > {atol:g}")
     log.info("exported %s (max |onnx - torch| = %.2g)", path, diff)

@@ -28,20 +28,22 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nfaudio
+from nfaudio.backends import OnnxScorer, OpenVinoScorer, Scorer, require
 
-__all__ = ["CACHE_DIR_NAME", "OPSET", "CachedExport", "cached_export", "checkpoint_digest", "user_cache_dir"]
+__all__ = ["CACHE_DIR_NAME", "OPSET", "CachedExport", "cached_export", "checkpoint_digest", "load_runtime_scorer",
+           "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".nfaudio-export"
 OPSET = 17  # = nfaudio.export.OPSET (not imported from there: that module loads torch)
-LAYOUT = 1  # bump when the files of an entry change
+LAYOUT = 2  # bump when the files of an entry change
 _META = "meta.json"
 _FILES = ("frontend.onnx", "body.onnx", _META)
 
@@ -201,3 +203,45 @@ def _prune(base: Path, checkpoint: Path, keep: str) -> None:
             log.info("removing the stale ONNX export %s", other)
             shutil.rmtree(other, ignore_errors=True)
             (base / f"{other.name}.lock").unlink(missing_ok=True)
+
+
+def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device: str = "cpu",
+                        threads: int | None = None, precision: str = "fp32", share_frontend: bool = True
+                        ) -> tuple[Scorer, list[dict[str, Any]]]:
+    """An :class:`OnnxScorer`/:class:`OpenVinoScorer` over ``.onnx`` files (whole models) or checkpoints (their
+    frontend and body graphs from the export cache, :func:`nfaudio.export_cache.cached_export`, built on first
+    use), plus each model's metadata. Checkpoints with the same frontend (settings and buffers) share one
+    frontend graph unless ``share_frontend`` is False.
+
+    Raises:
+        ValueError: unknown backend, or a precision other than fp32 for onnxruntime.
+        ImportError: the runtime is not installed.
+    """
+    if precision != "fp32" and backend != "openvino":
+        raise ValueError(f"precision {precision!r} needs the openvino backend")
+    runtimes = {"onnxruntime": OnnxScorer, "openvino": OpenVinoScorer}
+    if backend not in runtimes:
+        raise ValueError(f"backend must be one of {sorted(runtimes)}, got {backend!r}")
+    require("onnxruntime" if backend == "onnxruntime" else "openvino", "onnx" if backend == "onnxruntime"
+             else "openvino")
+    files, frontends, metas = [], [], []
+    shared: dict[str, str] = {}  # frontend digest -> the frontend graph of its first member
+    for p in map(Path, paths):
+        if p.suffix == ".onnx":
+            from nfaudio.export import read_onnx_metadata
+
+            files.append(p)
+            frontends.append(None)
+            metas.append(read_onnx_metadata(p))
+            continue
+        entry = cached_export(p)
+        frontend = str(entry.frontend)
+        if share_frontend:
+            frontend = shared.setdefault(entry.meta["frontend_sha256"], frontend)
+        files.append(entry.body)
+        frontends.append(frontend)
+        metas.append(entry.meta)
+    extra = {"precision": precision} if backend == "openvino" else {}
+    scorer = runtimes[backend](files, metas[0].get("activation", "sigmoid"), metas[0]["sample_rate"], device,
+                               threads, frontends=frontends, **extra)
+    return scorer, metas

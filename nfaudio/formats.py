@@ -53,6 +53,8 @@ class FileResult:
         scores: probabilities ``(N, C)`` float32; ``None`` when ``error`` is set.
         duration: file duration in seconds (from its header).
         error: the reason the file was skipped, else ``None``.
+        embeddings: window embeddings ``(N, D)`` float32 from :meth:`~nfaudio.predict.Predictor.iter_embeddings`,
+            else ``None``.
     """
 
     path: Path
@@ -62,6 +64,7 @@ class FileResult:
     scores: np.ndarray | None
     duration: float
     error: str | None = None
+    embeddings: np.ndarray | None = None
 
     def to_frame(self, classes: Sequence[str]) -> pd.DataFrame:
         """The windows as a DataFrame indexed by ``(file, start_s, end_s)``, one column per class."""

@@ -11,6 +11,9 @@ file's windows are always batched on their own (``batch_size`` windows per forwa
 window's score never depends on which other files share the run: a resumed run
 (:func:`nfaudio.predict_run.run_prediction`) reproduces an uninterrupted one bit for bit.
 
+:meth:`Predictor.iter_embeddings` / :meth:`Predictor.embed` give the same windows' embeddings (and scores, from the
+same pass); :meth:`Predictor.embed_to_dir` writes them to an embedding store (:mod:`nfaudio.embed`).
+
 Post-processing, both optional: time-shift TTA (each window is also scored shifted by a few seconds,
 using the neighbouring audio, and the probabilities are averaged) and neighbour smoothing
 (``(1 - 2w) p[k] + w p[k-1] + w p[k+1]`` within a file).
@@ -27,7 +30,6 @@ import contextlib
 import functools
 import hashlib
 import logging
-import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -37,11 +39,11 @@ import numpy as np
 import pandas as pd
 
 from nfaudio.audio import AudioError
-from nfaudio.backends import BACKENDS, OnnxScorer, OpenVinoScorer, Scorer, TorchScorer, require
+from nfaudio.backends import BACKENDS, Scorer, TorchScorer, embedding_width
 from nfaudio.choices import LAST_POLICIES
 from nfaudio.config import PredictConfig
 from nfaudio.decode import DecodeSpec, iter_decoded
-from nfaudio.export_cache import cached_export
+from nfaudio.export_cache import load_runtime_scorer
 from nfaudio.formats import FileResult
 from nfaudio.inputs import list_audio
 from nfaudio.predict_run import RunSummary, run_prediction
@@ -253,25 +255,62 @@ class Predictor:
         with torch_threads(self.threads) if "torch" in sys.modules else contextlib.nullcontext():
             yield from self._iter_results(files)
 
-    def _iter_results(self, files: Sequence[str | Path]) -> Iterator[FileResult]:
+    def iter_embeddings(self, files: Sequence[str | Path], fold_mode: str = "mean") -> Iterator[FileResult]:
+        """Embed ``files`` as :meth:`iter_results` scores them (same windows, workers, errors); each result also
+        holds ``embeddings (N, D)`` (:meth:`AudioClassifier.forward_embedding`; an ensemble's combined by
+        ``fold_mode``, "mean" or "concat": :func:`~nfaudio.backends.combine_embeddings`), scored in the same pass.
+
+        Raises:
+            ValueError: TTA shifts are set (an embedding is one window's), an unknown ``fold_mode``, or an ONNX
+                model without the embedding output.
+        """
+        if self.tta_shifts:
+            raise ValueError("embeddings are per window: build the predictor without tta_shifts")
+        embedding_width(self.scorer.embedding_dims, fold_mode)
+        with torch_threads(self.threads) if "torch" in sys.modules else contextlib.nullcontext():
+            yield from self._iter_results(files, fold_mode)
+
+    def embed(self, inputs: Iterable[str | Path], fold_mode: str = "mean") -> tuple[pd.DataFrame, np.ndarray]:
+        """Every window of every audio file under ``inputs``, in input order: ``(table, embeddings)`` with
+        ``table`` :meth:`predict`'s DataFrame (same index and scores) and ``embeddings`` float32 ``(rows, D)``
+        aligned with its rows. Failed files are skipped and listed in ``self.errors_``; see :meth:`iter_embeddings`.
+        """
+        results = sorted(self.iter_embeddings(list_audio(inputs), fold_mode), key=lambda r: r.index)
+        self.errors_ = pd.DataFrame([(str(r.path), r.error) for r in results if r.error], columns=["file", "reason"])
+        none = np.zeros((0, embedding_width(self.scorer.embedding_dims, fold_mode)), np.float32)
+        ok = [r for r in results if not r.error] or [FileResult(Path(), 0, none[:, 0], none[:, 0], None, 0.0,
+                                                                embeddings=none)]
+        return pd.concat([r.to_frame(self.classes) for r in ok]), np.concatenate([r.embeddings for r in ok])
+
+    def embed_to_dir(self, inputs: Iterable[str | Path], out_dir: str | Path, **options: Any) -> RunSummary:
+        """Crash-safe embedding store in ``out_dir``; see :func:`nfaudio.embed.run.run_embedding` for ``options``."""
+        from nfaudio.embed.run import run_embedding
+
+        return run_embedding(self, inputs, out_dir, **options)
+
+    def _iter_results(self, files: Sequence[str | Path], fold_mode: str | None = None) -> Iterator[FileResult]:
         spec = self._decode_spec()
         n_shifts = len(spec.shifts)
-        parts: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        parts: dict[int, list[tuple[np.ndarray, ...]]] = {}
         files = [Path(f) for f in files]
         for idx, kind, payload in iter_decoded(files, spec, self.num_workers, timeout=self.decode_timeout,
                                                timeout_factor=self.decode_timeout_factor):
             if kind == "chunk":
                 starts, ends, waves = payload
-                probs = self.scorer(waves)  # (n * shifts, C), window-major
+                if fold_mode is None:
+                    probs, emb = self.scorer(waves), None  # (n * shifts, C), window-major
+                else:
+                    emb, probs = self.scorer.embed(waves, fold_mode)  # (n, D), (n, C): no TTA
                 probs = probs.reshape(len(starts), n_shifts, -1).mean(axis=1, dtype=np.float32)
-                parts.setdefault(idx, []).append((starts, ends, probs))
+                parts.setdefault(idx, []).append((starts, ends, probs, emb))
             elif kind == "done":
                 got = parts.pop(idx, [])
                 starts = np.concatenate([p[0] for p in got])
                 ends = np.concatenate([p[1] for p in got])
                 scores = smooth_neighbours(np.concatenate([p[2] for p in got]), self.smoothing)
+                emb = None if fold_mode is None else np.concatenate([p[3] for p in got])
                 yield FileResult(files[idx], idx, starts, ends, scores.astype(np.float32, copy=False),
-                                 float(payload))
+                                 float(payload), embeddings=emb)
             else:  # "error": drop what was scored before the failure
                 parts.pop(idx, None)
                 reason, duration = payload
@@ -322,48 +361,6 @@ class Predictor:
         """Crash-safe run writing the chosen output formats to ``out_dir``; see
         :func:`nfaudio.predict_run.run_prediction` for ``options``."""
         return run_prediction(self, inputs, out_dir, **options)
-
-
-def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device: str = "cpu",
-                        threads: int | None = None, precision: str = "fp32", share_frontend: bool = True
-                        ) -> tuple[Scorer, list[dict[str, Any]]]:
-    """An :class:`OnnxScorer`/:class:`OpenVinoScorer` over ``.onnx`` files (whole models) or checkpoints (their
-    frontend and body graphs from the export cache, :func:`nfaudio.export_cache.cached_export`, built on first
-    use), plus each model's metadata. Checkpoints with the same frontend (settings and buffers) share one
-    frontend graph unless ``share_frontend`` is False.
-
-    Raises:
-        ValueError: unknown backend, or a precision other than fp32 for onnxruntime.
-        ImportError: the runtime is not installed.
-    """
-    if precision != "fp32" and backend != "openvino":
-        raise ValueError(f"precision {precision!r} needs the openvino backend")
-    runtimes = {"onnxruntime": OnnxScorer, "openvino": OpenVinoScorer}
-    if backend not in runtimes:
-        raise ValueError(f"backend must be one of {sorted(runtimes)}, got {backend!r}")
-    require("onnxruntime" if backend == "onnxruntime" else "openvino", "onnx" if backend == "onnxruntime"
-             else "openvino")
-    files, frontends, metas = [], [], []
-    shared: dict[str, str] = {}  # frontend digest -> the frontend graph of its first member
-    for p in map(Path, paths):
-        if p.suffix == ".onnx":
-            from nfaudio.export import read_onnx_metadata
-
-            files.append(p)
-            frontends.append(None)
-            metas.append(read_onnx_metadata(p))
-            continue
-        entry = cached_export(p)
-        frontend = str(entry.frontend)
-        if share_frontend:
-            frontend = shared.setdefault(entry.meta["frontend_sha256"], frontend)
-        files.append(entry.body)
-        frontends.append(frontend)
-        metas.append(entry.meta)
-    extra = {"precision": precision} if backend == "openvino" else {}
-    scorer = runtimes[backend](files, metas[0].get("activation", "sigmoid"), metas[0]["sample_rate"], device,
-                               threads, frontends=frontends, **extra)
-    return scorer, metas
 
 
 def predictor_options(options: PredictConfig) -> dict[str, Any]:

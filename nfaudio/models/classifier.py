@@ -18,7 +18,7 @@ from nfaudio.models.backbone import Backbone, build_backbone
 from nfaudio.models.heads import build_head
 from nfaudio.models.registry import ModelConfig
 
-__all__ = ["AudioClassifier", "ModelOutput"]
+__all__ = ["AudioClassifier", "EmbeddingOutput", "ModelOutput"]
 
 
 class ModelOutput(NamedTuple):
@@ -26,6 +26,14 @@ class ModelOutput(NamedTuple):
 
     clip: torch.Tensor
     frame: torch.Tensor
+
+
+class EmbeddingOutput(NamedTuple):
+    """Logits and embeddings of a batch from one pass: ``clip (B, C)``, ``frame (B, F, C)``, ``embedding (B, D)``."""
+
+    clip: torch.Tensor
+    frame: torch.Tensor
+    embedding: torch.Tensor
 
 
 class AudioClassifier(nn.Module):
@@ -96,6 +104,25 @@ class AudioClassifier(nn.Module):
     def forward(self, wave: torch.Tensor) -> ModelOutput:
         """Args: wave ``(B, T)``. Returns :class:`ModelOutput` logits."""
         return self.forward_head(self.forward_features(wave))
+
+    @property
+    def embedding_dim(self) -> int:
+        """Width ``D`` of :meth:`forward_embedding`."""
+        return int(self.head.embedding_dim)
+
+    def forward_embedding(self, wave: torch.Tensor) -> torch.Tensor:
+        """Args: wave ``(B, T)``. Returns the window embeddings ``(B, D)``: the pooled features the head's class
+        projections see (SED head: the time mean of its hidden activations; pooled head: the globally pooled
+        backbone features; see :mod:`nfaudio.models.heads` for what the head computes from them)."""
+        return self.head.forward_embedding(self.forward_features(wave))
+
+    def forward_with_embedding(self, wave: torch.Tensor) -> EmbeddingOutput:
+        """Args: wave ``(B, T)``. Returns clip and frame logits and the embeddings in one pass."""
+        return EmbeddingOutput(*self.head.forward_all(self.forward_features(wave)))
+
+    def forward_spectrogram_with_embedding(self, spec: torch.Tensor) -> EmbeddingOutput:
+        """:meth:`forward_with_embedding` after the frontend (``spec`` from :attr:`frontend`)."""
+        return EmbeddingOutput(*self.head.forward_all(self.backbone(self.spec_augment(spec))))
 
     def classifier_modules(self) -> list[nn.Module]:
         """The head's final class projections (SED: ``att`` and ``cla``; pooled: ``fc``), which AGC skips."""

@@ -10,6 +10,18 @@
   largest frame probability of class ``k``.
 - :class:`PooledHead`: global pooling over frequency and time, dropout and a linear layer; its frame
   logits are the same linear layer applied to each time frame pooled over frequency only.
+
+Every head also gives a window embedding (:meth:`SEDHead.forward_embedding`, :meth:`PooledHead.forward_embedding`),
+the pooled features its class projections see, ``embedding_dim`` wide:
+
+- SED: the time mean of the hidden activations ``h (B, W, T')`` that ``att`` and ``cla`` read (after the
+  frequency pooling, the time smoothing and the 1x1 conv + ReLU; without a hidden layer, the smoothed pooled
+  backbone features). ``cla`` is linear, so ``cla(embedding)`` is exactly the time mean of the frame logits; the
+  clip logit weights the frames per class (attention), so it equals ``cla(embedding)`` only where the attention
+  is uniform over time (e.g. ``att`` all zeros, or a single frame).
+- Pooled: the globally pooled backbone features ``(B, C_feat)``; ``fc(embedding)`` is exactly the clip logit.
+
+Dropout is the identity in eval mode, in which embeddings are computed.
 """
 
 from __future__ import annotations
@@ -83,6 +95,9 @@ class SEDHead(nn.Module):
 
     Shape:
         input ``(B, C_feat, F', T')``; returns ``clip (B, K)`` and ``frame (B, T', K)`` logits.
+
+    Attributes:
+        embedding_dim: width ``W`` of :meth:`forward_embedding` (``hidden``, or ``in_features`` without it).
     """
 
     def __init__(self, in_features: int, num_classes: int, pooling: str = "avg", hidden: int | None = None,
@@ -104,11 +119,12 @@ class SEDHead(nn.Module):
             width = in_features
         self.att = nn.Conv1d(width, num_classes, kernel_size=1)
         self.cla = nn.Conv1d(width, num_classes, kernel_size=1)
+        self.embedding_dim = width
         _init(self.att)
         _init(self.cla)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: x ``(B, C_feat, F', T')``. Returns ``(clip (B, K), frame (B, T', K))`` logits."""
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, C_feat, F', T')``. Returns the activations ``att`` and ``cla`` read, ``(B, W, T')``."""
         x = self.pool(x, dims=(2,))  # (B, C_feat, T')
         if self.smoothing > 1:
             k, pad = self.smoothing, self.smoothing // 2
@@ -116,12 +132,29 @@ class SEDHead(nn.Module):
         x = self.drop(x)
         if self.fc is not None:
             x = self.drop(F.relu(self.fc(x)))  # (B, hidden, T')
+        return x
+
+    def logits(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: h ``(B, W, T')`` from :meth:`hidden`. Returns ``(clip (B, K), frame (B, T', K))`` logits."""
         c = self.att_clamp
-        att = c * torch.tanh(self.att(x) / c)  # (B, K, T')
+        att = c * torch.tanh(self.att(h) / c)  # (B, K, T')
         weights = torch.softmax(att, dim=-1)  # (B, K, T'), sums to 1 over time
-        frame = self.cla(x)  # (B, K, T')
+        frame = self.cla(h)  # (B, K, T')
         clip = (weights * frame).sum(dim=-1)  # (B, K)
         return clip, frame.transpose(1, 2)  # (B, K), (B, T', K)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: x ``(B, C_feat, F', T')``. Returns ``(clip (B, K), frame (B, T', K))`` logits."""
+        return self.logits(self.hidden(x))
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, C_feat, F', T')``. Returns the embedding ``(B, W)``: the time mean of :meth:`hidden`."""
+        return self.hidden(x).mean(dim=-1)  # (B, W, T') -> (B, W)
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass: ``(clip (B, K), frame (B, T', K), embedding (B, W))``."""
+        h = self.hidden(x)  # (B, W, T')
+        return (*self.logits(h), h.mean(dim=-1))
 
     def classifier_modules(self) -> list[nn.Module]:
         """The class projections (excluded from AGC): ``att`` and ``cla``."""
@@ -142,6 +175,9 @@ class PooledHead(nn.Module):
 
     Shape:
         input ``(B, C_feat, F', T')``; returns ``clip (B, K)`` and ``frame (B, T', K)`` logits.
+
+    Attributes:
+        embedding_dim: width of :meth:`forward_embedding` (``in_features``).
     """
 
     def __init__(self, in_features: int, num_classes: int, pooling: str = "avg", drop_rate: float = 0.0) -> None:
@@ -149,12 +185,21 @@ class PooledHead(nn.Module):
         self.pool = Pool(pooling)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(in_features, num_classes)
+        self.embedding_dim = in_features
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Args: x ``(B, C_feat, F', T')``. Returns ``(clip (B, K), frame (B, T', K))`` logits."""
-        clip = self.fc(self.drop(self.pool(x, dims=(2, 3))))  # (B, C_feat) -> (B, K)
+        return self.forward_all(x)[:2]
+
+    def forward_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x ``(B, C_feat, F', T')``. Returns the embedding ``(B, C_feat)``: the globally pooled features."""
+        return self.pool(x, dims=(2, 3))
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One pass: ``(clip (B, K), frame (B, T', K), embedding (B, C_feat))``."""
+        emb = self.pool(x, dims=(2, 3))  # (B, C_feat)
         frames = self.pool(x, dims=(2,)).transpose(1, 2)  # (B, C_feat, T') -> (B, T', C_feat)
-        return clip, self.fc(self.drop(frames))  # (B, K), (B, T', K)
+        return self.fc(self.drop(emb)), self.fc(self.drop(frames)), emb  # (B, K), (B, T', K), (B, C_feat)
 
     def classifier_modules(self) -> list[nn.Module]:
         """The class projection (excluded from AGC): ``fc``."""
