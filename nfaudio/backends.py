@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ACTIVATIONS", "BACKENDS", "FOLD_MODES", "PRECISIONS", "OnnxScorer", "OpenVinoScorer", "Scorer",
            "TorchScorer", "activate", "check_activation", "combine_embeddings", "embedding_width",
-           "frontend_groups", "ort_session", "require"]
+           "frontend_groups", "openvino_core", "ort_session", "require"]
 
 ACTIVATIONS = ("sigmoid", "softmax")
 
@@ -233,6 +234,25 @@ def ort_session(path: str, device: str, threads: int | None) -> Any:
     return ort.InferenceSession(path, opts, providers=providers)
 
 
+_OV_CORE: list[Any] = []  # the process's one openvino.Core, made on first use
+_OV_LOCK = threading.Lock()
+
+
+def openvino_core() -> Any:
+    """The process-wide ``openvino.Core``, created on first use and kept until exit.
+
+    One per process, not one per scorer: OpenVINO's CPU plugin (one per Core) swaps the creating thread's
+    signal stack (``sigaltstack``) for one it ``mmap``s, and its destructor unmaps that stack even when a later
+    Core's plugin saved it as the stack to restore. Two Cores freed in creation order leave the thread on an
+    unmapped signal stack, and the next signal with a Python handler (SIGCHLD from a DataLoader worker,
+    pytest-timeout's SIGALRM) kills the process with SIGSEGV (tests/test_backends.py reproduces it).
+    """
+    with _OV_LOCK:
+        if not _OV_CORE:
+            _OV_CORE.append(require("openvino", "openvino").Core())
+        return _OV_CORE[0]
+
+
 class _RuntimeScorer:
     """Mean probability over several exported models run by a runtime; subclasses load and run one graph.
 
@@ -353,8 +373,7 @@ class OpenVinoScorer(_RuntimeScorer):
         super().__init__(paths, activation, sample_rate, frontends)
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        ov = require("openvino", "openvino")
-        self._core = ov.Core()
+        self._core = openvino_core()
         self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
                                         "PERFORMANCE_HINT": "LATENCY"}
         if threads:

@@ -3,6 +3,9 @@ scorers against the torch one."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +100,27 @@ def test_openvino_backend_equals_torch(ckpt: Path, exported: Path, audio_dir: Pa
     got = Predictor.from_checkpoint(exported, backend="openvino", num_workers=0, threads=1).predict([audio_dir])
     pd.testing.assert_index_equal(got.index, ref.index)
     np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), atol=1e-4)
+
+
+_FIFO_FREE = """
+import gc, os, signal, sys
+from nfaudio.backends import OpenVinoScorer
+scorers = [OpenVinoScorer([sys.argv[1]], "sigmoid", 16000, threads=1) for _ in range(2)]
+scorers.pop(0)  # freed in creation order: two Cores' CPU plugins would leave an unmapped signal stack
+scorers.pop(0)
+gc.collect()
+signal.signal(signal.SIGUSR1, lambda *_: print("handled"))
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+
+
+def test_openvino_scorers_share_one_core_so_freeing_them_keeps_signals_working(exported: Path) -> None:
+    """With one ``ov.Core`` per scorer, this script died with SIGSEGV (-11) at the signal, as the full suite did."""
+    pytest.importorskip("openvino")
+    proc = subprocess.run([sys.executable, "-c", _FIFO_FREE, str(exported)], capture_output=True, text=True,
+                          timeout=240, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "handled"
 
 
 # ----------------------------------------------------------------------------- shared frontend
