@@ -23,7 +23,7 @@ from nfaudio.cli import main
 from nfaudio.embed.attach import attach_probe, linear_weights
 from nfaudio.embed.labels import LabelError, match_labels, read_labels
 from nfaudio.embed.probe import load_probe
-from nfaudio.embed.probe_run import predict_store, score_store, train_probe
+from nfaudio.embed.probe_run import _labelled, predict_store, score_store, train_probe
 from nfaudio.embed.store import StoreWriter, open_store
 from nfaudio.formats import empty_output
 
@@ -132,6 +132,8 @@ def test_a_file_label_applies_to_all_its_windows_and_a_window_row_overrides_it(s
     win = match_labels(store.keys(), read_labels(mixed), mixed)
     assert win.rows.tolist() == [0, 1, 2, 17]
     assert win.labels == [frozenset({"c0"}), frozenset({"c1"}), frozenset({"c0"}), frozenset({"c2"})]
+    x, _ = _labelled(store, mixed)  # read shard by shard (the store has 4 shards)
+    np.testing.assert_array_equal(x, store.embeddings()[[0, 1, 2, 17]])
 
 
 def test_a_relative_file_name_is_resolved_against_the_labels_folder(tmp_path) -> None:

@@ -134,8 +134,15 @@ def probe_cv(x: np.ndarray, labels: WindowLabels, kind: str = "logreg", task: st
 
 
 def _labelled(store: EmbeddingStore, labels_path: str | os.PathLike) -> tuple[np.ndarray, WindowLabels]:
+    """The labelled windows and their embeddings, read shard by shard (only those rows are kept in memory)."""
     labels = match_labels(store.keys(), read_labels(labels_path), labels_path)
-    return store.embeddings()[labels.rows], labels
+    parts, offset = [], 0
+    for _, v in store.iter_batches():
+        n = len(v["embedding"])
+        mine = labels.rows[(labels.rows >= offset) & (labels.rows < offset + n)] - offset
+        parts.append(v["embedding"][mine])
+        offset += n
+    return np.concatenate(parts), labels
 
 
 def train_probe(store: EmbeddingStore | str | os.PathLike, labels: str | os.PathLike, out_dir: str | os.PathLike
