@@ -176,10 +176,17 @@ def targets(labels: WindowLabels, classes: Sequence[str], task: str) -> np.ndarr
 
 def fit_estimator(kind: str, task: str, x: np.ndarray, y: np.ndarray, settings: dict[str, Any]) -> Any:
     """The fitted sklearn pipeline (``StandardScaler`` + the classifier) of a probe; ``y`` from :func:`targets`."""
+    from sklearn.exceptions import ConvergenceWarning
+
     est = _estimator(kind, task, settings)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(not converge|Maximum iterations|present in all training).*")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         est.fit(x, y)
+    for w in caught:  # one line each, through logging; a class present in every window is normal in OvR
+        if issubclass(w.category, ConvergenceWarning):
+            log.warning("the %s probe did not converge in %d iterations (raise max_iter / --max-iter)", kind,
+                        settings["max_iter"])
+            break
     return est
 
 
