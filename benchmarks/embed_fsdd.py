@@ -8,8 +8,9 @@ For each held-out speaker (a fold of FSDD's leave-one-speaker-out manifest):
    source model's own digit scores); a clip is its first window (start 0; what the CNN's ``eval_crop: start`` sees);
 3. for ``shots`` in 1, 5, 20 and a few seeds, ``shots`` clips per digit of that speaker are "labelled"; a
    logistic-regression probe (``nfaudio.embed.probe_run.train_probe``, no CV) is trained on their embeddings and a
-   fresh nfaudio_small is trained from scratch on the same clips (the fsdd recipe, no validation, a fixed budget
-   of ``--scratch-examples`` training examples, at least ``--scratch-min-epochs`` epochs); both are scored on the
+   fresh nfaudio_small is trained from scratch on the same clips (the fsdd recipe with its augmentation, no
+   validation, the same budget at every shot count: ``--scratch-epochs`` epochs of the labelled clips repeated to
+   ``--scratch-epoch-examples``, i.e. 10 x 10 steps of batch 64 by default); both are scored on the
    speaker's other clips (accuracy), next to the source model's own head on the same clips (it was trained on
    the same ten digits, by other speakers);
 4. search precision@10: for every clip of the held-out speaker, the fraction of its 10 nearest other clips
@@ -18,10 +19,10 @@ For each held-out speaker (a fold of FSDD's leave-one-speaker-out manifest):
 Writes ``benchmarks/results/embed_fsdd.json``.
 
 Usage:
-    python benchmarks/embed_fsdd.py [--folds 1,2,3] [--epochs 8] [--seeds 2] [--work /tmp/nfaudio-embed-fsdd]
+    python benchmarks/embed_fsdd.py [--folds 1,2,3] [--epochs 10] [--seeds 2] [--work /tmp/nfaudio-embed-fsdd]
 Smoke test:
     python benchmarks/embed_fsdd.py --folds 1 --epochs 1 --seeds 1 --limit 1200 --shots 1,5 \
-        --scratch-examples 200 --out /tmp/e.json
+        --scratch-epochs 1 --scratch-epoch-examples 64 --out /tmp/e.json
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from nfaudio.data import load_data
 from nfaudio.embed.probe_run import score_store, train_probe
 from nfaudio.embed.search import normalise
 from nfaudio.embed.store import open_store
+from nfaudio.manifest import Manifest
 from nfaudio.predict import Predictor
 from nfaudio.training import fit
 
@@ -62,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="/work/shared/data/fsdd/metadata.csv")
     p.add_argument("--folds", default="1,2,3", help="held-out speakers (fold numbers 1-6)")
-    p.add_argument("--epochs", type=int, default=8, help="epochs of the five-speaker source model")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the five-speaker source model")
     p.add_argument("--shots", default="1,5,20")
     p.add_argument("--seeds", type=int, default=2, help="draws of the labelled clips per shot count")
-    p.add_argument("--scratch-examples", type=int, default=2000, help="training examples seen by a scratch CNN")
-    p.add_argument("--scratch-min-epochs", type=int, default=10)
+    p.add_argument("--scratch-epochs", type=int, default=10, help="epochs of a scratch CNN")
+    p.add_argument("--scratch-epoch-examples", type=int, default=640,
+                   help="a scratch epoch: the labelled clips repeated to at least this many (10 steps of 64)")
     p.add_argument("--limit", type=int, default=0, help="smoke test: keep this many manifest rows")
     p.add_argument("--work", default="/tmp/nfaudio-embed-fsdd")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "embed_fsdd.json"))
@@ -131,10 +134,13 @@ def main(argv: list[str] | None = None) -> int:
                 head_acc = float(np.mean(head_pred[test] == clip_digits[test]))
                 # the CNN from scratch on the same labelled clips
                 n_train = len(train)
-                epochs = max(args.scratch_min_epochs, int(np.ceil(args.scratch_examples / n_train)))
-                scfg = from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={epochs}", "data.num_workers=0",
-                                                                 f"train.batch_size={min(64, n_train)}"]))
-                train_set = manifest.subset(np.isin(df["path"].astype(str).to_numpy(), clip_files[train]))
+                picked = manifest.subset(np.isin(df["path"].astype(str).to_numpy(), clip_files[train]))
+                reps = int(np.ceil(args.scratch_epoch_examples / n_train))  # an "epoch": the clips repeated
+                tiled = pd.concat([picked.df.assign(row_id=picked.df["row_id"] + f"#{r}") for r in range(reps)],
+                                  ignore_index=True)
+                train_set = Manifest(tiled, list(picked.classes))
+                epochs = args.scratch_epochs
+                scfg = from_dict(apply_overrides(cfg.to_dict(), [f"train.epochs={epochs}"]))  # 2 loader workers
                 ts = time.perf_counter()
                 fit(scfg, train_set, None, work / f"scratch_{k}_{shots}_{seed}", seed=seed)
                 scratch_s = time.perf_counter() - ts
