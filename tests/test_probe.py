@@ -212,7 +212,7 @@ def test_an_attached_probe_scores_like_the_probe_in_torch_and_onnxruntime(ckpt, 
                                                                            multilabel) -> None:
     from nfaudio.predict import Predictor
 
-    model = ckpt if head == "sed" else _pooled_ckpt(tmp_path / "pooled.pt")
+    model = ckpt if head == "sed" else _pooled_ckpt(tmp_path / "run" / "best.pt")
     predictor = Predictor.from_checkpoint(model, window=1.0, hop=0.5, num_workers=0)
     predictor.embed_to_dir(tones, tmp_path / "store", progress=False)
     st = open_store(tmp_path / "store")
@@ -220,7 +220,11 @@ def test_an_attached_probe_scores_like_the_probe_in_torch_and_onnxruntime(ckpt, 
              else f"p{i % 3}"} for i, t in enumerate(tones)]
     probe = train_probe(st, _labels(tmp_path / "l.csv", rows), tmp_path / "probe", n_folds=0).probe
     assert probe.activation == ("sigmoid" if multilabel else "softmax")
-    attached = attach_probe(tmp_path / "probe", model, tmp_path / "attached.pt")
+    attached = tmp_path / "attached.pt"
+    if head == "pooled":  # the command line, given the checkpoint's run directory
+        assert main(["probe", "attach", str(tmp_path / "probe"), str(tmp_path / "run"), "--out", str(attached)]) == 0
+    else:
+        assert attach_probe(tmp_path / "probe", model, attached) == attached
     want = score_store(probe, st)
     got = Predictor.from_checkpoint(attached, window=1.0, hop=0.5, num_workers=0).predict(tones)
     assert list(got.columns) == probe.classes
