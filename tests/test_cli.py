@@ -262,3 +262,16 @@ def test_only_os_errors_on_the_users_paths_are_user_errors(monkeypatch, tmp_path
         with pytest.raises(type(exc)):
             main(argv)
         assert capsys.readouterr().err == ""
+
+
+def test_every_command_and_subcommand_is_in_the_readme():
+    """README's command lines cover the parser: each ``nfaudio COMMAND`` (and ``nfaudio probe SUBCOMMAND``)."""
+    from nfaudio.cli import build_parser
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    missing = [c for c in commands if f"nfaudio {c}" not in readme]
+    probe = next(a for a in commands["probe"]._actions if a.dest == "probe_command").choices
+    missing += [f"probe {c}" for c in probe if f"nfaudio probe {c}" not in readme]
+    assert not missing, f"README.md shows no `nfaudio ...` line for {missing}"

@@ -21,8 +21,8 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     assert (tmp_path / "run" / "history.csv").is_file()
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs)  # the curves and the SED plot rendered
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # quickstart: curves, SED plot; embeddings: map
 
 
 def test_notebooks_exist():
-    assert [p.name for p in NOTEBOOKS] == ["quickstart.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["embeddings.ipynb", "quickstart.ipynb"]
