@@ -237,8 +237,10 @@ class Predictor:
         return functools.partial(type(self).from_checkpoint, path, **{**kwargs, **overrides})
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching)."""
-        return {"models": [_file_id(p) for p in self.sources], "backend": self.scorer.name,
+        """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching; for int8 the
+        quantized graphs, whose folder names carry their calibration set's key)."""
+        int8 = {"int8_graphs": list(self.scorer.paths)} if self.scorer.name.endswith("int8") else {}
+        return {**int8, "models": [_file_id(p) for p in self.sources], "backend": self.scorer.name,
                 "classes_sha1": hashlib.sha1("\n".join(self.classes).encode()).hexdigest(),
                 "sample_rate": self.sample_rate, "window": self.window, "hop": self.hop, "last": self.last,
                 "batch_size": self.batch_size, "tta_shifts": list(self.tta_shifts), "smoothing": self.smoothing,
