@@ -137,15 +137,25 @@ def calibration_windows(files: Sequence[Path], sample_rate: int, window: float, 
     return np.stack(out).astype(np.float32, copy=False)
 
 
-def _calibration_key(files: Sequence[Path], seconds: float) -> tuple[str, list[dict[str, Any]]]:
-    from importlib.metadata import version
+def _version(module: str, extra: str) -> str:
+    """An installed package's version without importing it (importing nncf loads torch); ``ImportError`` naming
+    the extra when it is missing."""
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
+        return version(module)
+    except PackageNotFoundError:
+        require(module, extra)  # raises the ImportError that names the extra
+        raise
+
+
+def _calibration_key(files: Sequence[Path], seconds: float) -> tuple[str, list[dict[str, Any]]]:
     ids = []
     for f in files:
         st = f.stat()
         ids.append({"path": str(f.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    key = {"files": ids, "seconds": float(seconds), "layout": LAYOUT, "nncf": version("nncf"),
-           "openvino": version("openvino")}
+    key = {"files": ids, "seconds": float(seconds), "layout": LAYOUT, "nncf": _version("nncf", "int8"),
+           "openvino": _version("openvino", "openvino")}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16], ids
 
 
@@ -173,9 +183,7 @@ def quantized_body(entry: Any, files: Sequence[Path], seconds: float = DEFAULT_S
     files = [Path(f) for f in files]
     if not files:
         raise ValueError("int8 needs calibration audio (--calibration FILES/FOLDERS, a few minutes of your data)")
-    require("nncf", "int8")
-    require("openvino", "openvino")
-    key, ids = _calibration_key(files, seconds)
+    key, ids = _calibration_key(files, seconds)  # a hit imports neither nncf nor torch
     name = f"int8-{key}"
     fallback = Path(fallback) if fallback is not None else entry.folder
     for folder in (entry.folder / name, fallback / name):
@@ -195,8 +203,8 @@ def quantized_body(entry: Any, files: Sequence[Path], seconds: float = DEFAULT_S
 def _build(entry: Any, files: Sequence[Path], ids: list[dict[str, Any]], seconds: float,
            threads: int | None, dest: Path) -> dict[str, Any]:
     """Calibrate, quantize, compare with fp32 on the calibration windows, and write ``dest`` atomically."""
-    import nncf
-    import openvino as ov
+    nncf = require("nncf", "int8")
+    ov = require("openvino", "openvino")
 
     meta = entry.meta
     waves = calibration_windows(files, int(meta["sample_rate"]), float(meta["duration"]), seconds)
@@ -217,14 +225,12 @@ def _build(entry: Any, files: Sequence[Path], ids: list[dict[str, Any]], seconds
     got = np.concatenate([activate(int8(s)[int8.output("clip")], activation) for s in specs])
     diff = np.abs(got - ref)
     rho = rank_correlation(got, ref)
-    from importlib.metadata import version
-
     info = {"calibration": {"files": ids, "seconds": float(seconds), "windows": len(waves)},
             "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
             "spearman": [None if np.isnan(r) else round(float(r), 6) for r in rho],
             "spearman_min": None if np.isnan(rho).all() else float(np.nanmin(rho)),
-            "classes": list(meta["classes"]), "source": meta.get("source"), "nncf": version("nncf"),
-            "openvino": version("openvino")}
+            "classes": list(meta["classes"]), "source": meta.get("source"), "nncf": _version("nncf", "int8"),
+            "openvino": _version("openvino", "openvino")}
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
     os.chmod(tmp, 0o755)
     try:

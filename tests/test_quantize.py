@@ -1,7 +1,8 @@
 """Tests for nfaudio.quantize (int8 through NNCF for the OpenVINO backend): the rank correlation against scipy, the
 calibration windows against the audio reader, int8 scores close to fp32 on a tiny model, the accuracy guard
 (refuses on a too-tight tolerance, passes on a loose one, warns with ``warn``), the cache (reused, rebuilt for
-another calibration set), the CLI's one-line exit 2, and the export's folding of weight-standardized convolutions."""
+another calibration set), the CLI's one-line exit 2, a warm int8 run without nncf or torch, and the export's folding of
+weight-standardized convolutions."""
 
 from __future__ import annotations
 
@@ -170,3 +171,29 @@ def test_cli_int8_errors_are_one_line_exit_2(int8_run: Path, calib: Path, audio_
     assert "exceeds the tolerance 1e-07" in err[0]
     assert main([*base, "--calibration", str(calib), "--calibration-seconds", "12", "--int8-tolerance", "0.5"]) == 0
     assert (tmp_path / "out" / "submission.csv").is_file()
+
+
+def test_a_warm_int8_prediction_imports_neither_nncf_nor_torch(int8_run: Path, calib: Path, audio_dir: Path,
+                                                              tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from nfaudio.cli import main
+
+    flags = ["--backend", "openvino", "--precision", "int8", "--calibration", str(calib), "--calibration-seconds",
+             "12", "--int8-tolerance", "0.5", "--threads", "1", "--workers", "0", "--no-progress"]
+    assert main(["-q", "predict", str(int8_run), str(audio_dir), "--out", str(tmp_path / "cold"), *flags]) == 0
+    code = ("import sys; from nfaudio.cli import main; "
+            f"rc = main(['-q', 'predict', {str(int8_run)!r}, {str(audio_dir)!r}, '--out', "
+            f"{str(tmp_path / 'warm')!r}, *{flags!r}]); "
+            "heavy = ('nncf', 'torch', 'timm', 'onnx', 'nfaudio.export'); "
+            "print(f'{rc}|' + ','.join(m for m in heavy if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "0|"  # exit status 0, none of those modules loaded
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cold" / "submission.csv"),
+                                  pd.read_csv(tmp_path / "warm" / "submission.csv"))
