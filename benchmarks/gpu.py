@@ -33,6 +33,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -79,6 +80,7 @@ def part_trainer(root: Path, work: Path, args: argparse.Namespace) -> dict:
     from nfaudio.training import train_from_config
 
     cfg = from_dict(recipe(root, args, args.epochs))
+    shutil.rmtree(work / "trainer", ignore_errors=True)  # a fresh run (folds.csv of other clips would be refused)
     t0 = time.perf_counter()
     result = train_from_config(cfg, work / "trainer")
     return {"wall_s": round(time.perf_counter() - t0, 1), "epochs": args.epochs,
@@ -243,6 +245,7 @@ def part_ddp(root: Path, work: Path, args: argparse.Namespace) -> dict:
     import yaml
 
     n = torch.cuda.device_count()
+    shutil.rmtree(work / "ddp", ignore_errors=True)
     path = work / "ddp.yaml"
     path.write_text(yaml.safe_dump(recipe(root, args, 2)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "nfaudio",
