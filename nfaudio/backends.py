@@ -360,9 +360,10 @@ class OnnxScorer(_RuntimeScorer):
 class OpenVinoScorer(_RuntimeScorer):
     """OpenVINO CPU models compiled from the ONNX files.
 
-    Args as :class:`OnnxScorer` (``device`` is an OpenVINO device name; "auto"/"cpu" mean "CPU"), plus
-    ``precision``: "fp32" (default; matches torch) or "bf16" (``INFERENCE_PRECISION_HINT=bf16``: about 2x
-    faster on CPUs with AVX512-BF16/AMX, probabilities within ~0.02 of fp32).
+    Args as :class:`OnnxScorer` (``device`` is an OpenVINO device name; "auto"/"cpu" mean "CPU"; ``paths`` may
+    also be OpenVINO IR ``.xml`` files), plus ``precision``: "fp32" (default; matches torch), "bf16"
+    (``INFERENCE_PRECISION_HINT=bf16``: about 2x faster on CPUs with AVX512-BF16/AMX, probabilities within ~0.02
+    of fp32) or "int8" (the graphs given are int8 models, :mod:`nfaudio.quantize`; run as they are).
     """
 
     name = "openvino"
@@ -374,7 +375,8 @@ class OpenVinoScorer(_RuntimeScorer):
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self._core = openvino_core()
-        self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        # int8: the graphs carry their quantization (nncf); the rest of them runs in f32
+        self._config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
                                         "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self._config["INFERENCE_NUM_THREADS"] = int(threads)

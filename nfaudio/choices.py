@@ -26,7 +26,7 @@ METRIC_NAMES = ("padded_cmap", "macro_auc", "map", "accuracy", "row_wise_micro_f
 FOLD_STRATEGIES = ("stratified", "group", "logo", "predefined")
 LAST_POLICIES = ("pad", "drop", "shift")
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 FORMATS = ("submission", "table", "detections", "raven", "audacity", "kaleidoscope")
 TABLE_FORMATS = ("csv", "parquet")
 PSEUDO_MODES = ("rows", "mix")
@@ -45,4 +45,5 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Keys holding file paths: a value starting with ./ or ../ is resolved against the recipe's folder.
 PATH_KEYS = ("data.root", "data.manifest", "data.cache_dir", "model.pretrained", "model.weights_dir",
-             "model.weights_cache", "augment.background_files", "pseudo.labels", "distill.teacher")
+             "model.weights_cache", "augment.background_files", "pseudo.labels", "distill.teacher",
+             "predict.calibration")

@@ -95,7 +95,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=None, help="at most K detections per window")
     _add_scoring_args(p)
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="openvino only: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX, scores approximate")
+                   help="openvino only: bf16 is ~2x faster on CPUs with AVX512-BF16/AMX, scores approximate; int8 "
+                        "quantizes the models (pip install 'nfaudio[int8]'), calibrated on --calibration")
+    p.add_argument("--calibration", action="append", default=None, metavar="PATH",
+                   help="int8: audio files, folders or manifests to calibrate on, a few minutes like the recordings "
+                        "to score (repeatable)")
+    p.add_argument("--calibration-seconds", type=float, default=None, metavar="S",
+                   help="int8: seconds of calibration audio used (300)")
+    p.add_argument("--int8-tolerance", type=float, default=None, metavar="T",
+                   help="int8: refuse (exit 2) when int8 and fp32 probabilities on the calibration audio differ by "
+                        "more than T (0.1)")
+    p.add_argument("--int8-warn", action="store_true", default=None,
+                   help="int8: above the tolerance, warn loudly and score with int8 anyway")
     p.add_argument("--tta-shift", type=float, default=None, metavar="S",
                    help="time-shift TTA: average each window with the windows shifted by -S and +S seconds")
     p.add_argument("--smoothing", type=float, default=None, help="neighbour-smoothing weight in [0, 0.5] (0)")
@@ -310,7 +321,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 _PATH_ARGS: dict[str, dict[str, str]] = {
     "train": {"recipe": "--recipe", "out": "--out"}, "cv": {"recipe": "--recipe", "out": "--out"},
     "evaluate": {"solution": "solution", "submission": "submission"}, "demo": {"out": "--out"},
-    "predict": {"model": "model", "inputs": "input", "out": "--out"}, "export": {"model": "model", "out": "--out"},
+    "predict": {"model": "model", "inputs": "input", "out": "--out", "calibration": "--calibration"},
+    "export": {"model": "model", "out": "--out"},
     "pseudo-label": {"model": "model", "inputs": "input", "out": "--out", "recipe": "--recipe"},
     "embed": {"model": "model", "inputs": "input", "out": "--out"},
     "probe": {"embeddings": "--embeddings", "labels": "--labels", "probe": "probe", "model": "model", "out": "--out"},

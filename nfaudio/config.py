@@ -234,6 +234,10 @@ class PredictConfig:
     smoothing: float = 0.0
     backend: str = "torch"
     precision: str = "fp32"
+    calibration: list[str] = field(default_factory=list)
+    calibration_seconds: float = 300.0
+    int8_tolerance: float = 0.1
+    int8_warn: bool = False
     device: str = "auto"
     threads: int | None = None
     workers: int = 1

@@ -10,6 +10,11 @@ clip, frame``), so that the members of an ensemble with the same frontend run it
 
 With ``embedding=True`` (and always in :func:`export_parts`' body) the graph has a third output, the window
 embeddings ``(batch, D)`` of :meth:`AudioClassifier.forward_embedding`.
+
+Both exports first fold the weight standardization of the NFNet convolutions (timm's ``ScaledStdConv2d`` and kin
+standardize their weights on every forward pass) into plain convolutions with constant weights
+(:func:`freeze_weight_standardization`): the same outputs, but a graph whose convolution weights are constants, as
+runtimes and post-training quantizers (:mod:`nfaudio.quantize`) expect.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import nfaudio
@@ -35,7 +41,7 @@ from nfaudio.fileio import atomic_path
 from nfaudio.frontend import LogMel
 from nfaudio.models import AudioClassifier, load_checkpoint, prediction_meta
 
-__all__ = ["OPSET", "export_onnx", "export_parts", "read_onnx_metadata"]
+__all__ = ["OPSET", "export_onnx", "export_parts", "freeze_weight_standardization", "read_onnx_metadata"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,43 @@ def _matmul_frontend(frontend: LogMel, example: torch.Tensor, atol: float = 1e-3
         log.warning("exporting the standard STFT frontend (matmul frontend differs by %.3g)", diff)
         return None
     return fast
+
+
+class _PadSameConv(nn.Conv2d):
+    """A convolution with TensorFlow-style dynamic "same" padding (timm's ``pad_same``) and a constant weight."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from timm.layers.padding import pad_same
+
+        return super().forward(pad_same(x, self.kernel_size, self.stride, self.dilation))
+
+
+def freeze_weight_standardization(model: nn.Module) -> int:
+    """Replace, in place, every weight-standardized convolution of ``model`` (timm's ``StdConv2d``,
+    ``StdConv2dSame``, ``ScaledStdConv2d``, ``ScaledStdConv2dSame``) by a plain ``nn.Conv2d`` holding the
+    standardized weight it computes (the same ``F.batch_norm`` over each filter, gain and scale included), for
+    inference and export. Returns how many were replaced; a model without them is left as it is."""
+    from timm.layers import ScaledStdConv2d, ScaledStdConv2dSame, StdConv2d, StdConv2dSame
+
+    kinds = (StdConv2d, StdConv2dSame, ScaledStdConv2d, ScaledStdConv2dSame)
+    targets = [(name, m) for name, m in model.named_modules() if isinstance(m, kinds)]
+    for name, conv in targets:
+        gain = getattr(conv, "gain", None)
+        with torch.no_grad():
+            weight = F.batch_norm(conv.weight.reshape(1, conv.out_channels, -1), None, None,
+                                  weight=None if gain is None else (gain * conv.scale).view(-1), training=True,
+                                  momentum=0.0, eps=conv.eps).reshape_as(conv.weight)
+        cls = _PadSameConv if getattr(conv, "same_pad", False) else nn.Conv2d
+        plain = cls(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                    device=conv.weight.device, dtype=conv.weight.dtype)
+        with torch.no_grad():
+            plain.weight.copy_(weight)
+            if conv.bias is not None:
+                plain.bias.copy_(conv.bias)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, leaf, plain)
+    return len(targets)
 
 
 class _Logits(nn.Module):
@@ -135,6 +178,7 @@ def export_parts(model: AudioClassifier | str | os.PathLike, folder: str | os.Pa
         model = copy.deepcopy(model)
         meta = prediction_meta(model)
     model = model.eval().cpu()
+    freeze_weight_standardization(model)  # our copy
     check_activation(meta["activation"])
     n = int(round(meta["duration"] * meta["sample_rate"]))
     example = torch.randn(2, n, generator=torch.Generator().manual_seed(0)) * 0.1
@@ -227,13 +271,14 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     axes = {"wave": {0: "batch"}, **{name: {0: "batch"} for name in names}}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer / exporter-deprecation chatter
-        reference = model.frontend
-        fast = _matmul_frontend(reference, example) if fast_frontend else None
+        graph = copy.deepcopy(model)  # constant conv weights, the matmul STFT; ``model`` stays the reference
+        freeze_weight_standardization(graph)
+        fast = _matmul_frontend(model.frontend, example) if fast_frontend else None
         if fast is not None:
-            model.frontend = fast  # our copy: the graph gets the matmul STFT
+            graph.frontend = fast
         # The wrapper must be in eval mode too: the exporter restores the wrapper's mode after tracing,
         # which would switch the wrapped model (SpecAugment, dropout, drop-path) back to training.
-        torch.onnx.export(_Logits(model, embedding).eval(), (example,), buf, dynamo=False, opset_version=opset,
+        torch.onnx.export(_Logits(graph, embedding).eval(), (example,), buf, dynamo=False, opset_version=opset,
                           input_names=["wave"], output_names=names, dynamic_axes=axes)
     proto = onnx.load_from_string(buf.getvalue())
     meta.update(frame_seconds=float(model.frame_seconds), model_config=model.config.to_dict(),
@@ -247,8 +292,7 @@ def export_onnx(model: AudioClassifier | str | os.PathLike, out: str | os.PathLi
     with atomic_path(out) as tmp:
         onnx.save(proto, str(tmp))
     if check:
-        model.frontend = reference  # parity against the model's own (fft) frontend
-        _check_parity(model, out, atol)
+        _check_parity(model, out, atol)  # against the model as it was (fft frontend, standardized convs)
     return out
 
 

@@ -21,29 +21,30 @@ onnx.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nfaudio
 from nfaudio.backends import OnnxScorer, OpenVinoScorer, Scorer, require
+from nfaudio.fileio import exclusive_lock, writable_dir
+from nfaudio.quantize import Int8Options, check_guard, quantized_body
 
-__all__ = ["CACHE_DIR_NAME", "OPSET", "CachedExport", "cached_export", "checkpoint_digest", "load_runtime_scorer",
-           "user_cache_dir"]
+__all__ = ["CACHE_DIR_NAME", "OPSET", "CachedExport", "Int8Options", "cached_export", "checkpoint_digest",
+           "load_runtime_scorer", "user_cache_dir"]
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR_NAME = ".nfaudio-export"
 OPSET = 17  # = nfaudio.export.OPSET (not imported from there: that module loads torch)
-LAYOUT = 2  # bump when the files of an entry change
+LAYOUT = 3  # bump when the files of an entry change (3: constant conv weights)
 _META = "meta.json"
 _FILES = ("frontend.onnx", "body.onnx", _META)
 
@@ -100,33 +101,6 @@ def _complete(folder: Path) -> bool:
     return all((folder / name).is_file() for name in _FILES)
 
 
-def _writable(folder: Path) -> bool:
-    """Create ``folder`` if needed and check that a file can be made in it."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-            pass
-    except OSError:
-        return False
-    return True
-
-
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` for the block (no lock where ``fcntl`` does not exist)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: the atomic rename alone keeps entries whole
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def cached_export(checkpoint: str | os.PathLike, *, opset: int | None = None,
                   fast_frontend: bool = True) -> CachedExport:
     """The cache entry of ``checkpoint`` (see the module docstring), built when missing or stale.
@@ -154,12 +128,12 @@ def cached_export(checkpoint: str | os.PathLike, *, opset: int | None = None,
         if _complete(base / name):
             return CachedExport(base / name, json.loads((base / name / _META).read_text()), built=False)
     base = primary
-    if not _writable(primary):
+    if not writable_dir(primary):
         base = fallback
         log.warning("%s is not writable: caching the ONNX export of %s in %s", primary.parent, checkpoint, base)
         base.mkdir(parents=True, exist_ok=True)
     entry = base / name
-    with _lock(base / f"{name}.lock"):
+    with exclusive_lock(base / f"{name}.lock"):
         if _complete(entry):  # another process built it while we waited
             return CachedExport(entry, json.loads((entry / _META).read_text()), built=False)
         meta = _build(checkpoint, entry, settings)
@@ -206,16 +180,20 @@ def _prune(base: Path, checkpoint: Path, keep: str) -> None:
 
 
 def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device: str = "cpu",
-                        threads: int | None = None, precision: str = "fp32", share_frontend: bool = True
-                        ) -> tuple[Scorer, list[dict[str, Any]]]:
+                        threads: int | None = None, precision: str = "fp32", share_frontend: bool = True,
+                        int8: Int8Options | None = None) -> tuple[Scorer, list[dict[str, Any]]]:
     """An :class:`OnnxScorer`/:class:`OpenVinoScorer` over ``.onnx`` files (whole models) or checkpoints (their
     frontend and body graphs from the export cache, :func:`nfaudio.export_cache.cached_export`, built on first
     use), plus each model's metadata. Checkpoints with the same frontend (settings and buffers) share one
-    frontend graph unless ``share_frontend`` is False.
+    frontend graph unless ``share_frontend`` is False. With ``precision="int8"`` (openvino, checkpoints only) each
+    body is the int8 model of :func:`nfaudio.quantize.quantized_body`, calibrated on ``int8.calibration`` and
+    checked by its accuracy guard (:func:`nfaudio.quantize.check_guard`).
 
     Raises:
-        ValueError: unknown backend, or a precision other than fp32 for onnxruntime.
-        ImportError: the runtime is not installed.
+        ValueError: unknown backend, a precision other than fp32 for onnxruntime, int8 without calibration audio
+            or for ``.onnx`` files.
+        nfaudio.quantize.Int8AccuracyError: the int8 guard refused a model.
+        ImportError: the runtime (or, for int8, ``nncf``) is not installed.
     """
     if precision != "fp32" and backend != "openvino":
         raise ValueError(f"precision {precision!r} needs the openvino backend")
@@ -224,6 +202,7 @@ def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device
         raise ValueError(f"backend must be one of {sorted(runtimes)}, got {backend!r}")
     require("onnxruntime" if backend == "onnxruntime" else "openvino", "onnx" if backend == "onnxruntime"
              else "openvino")
+    calibration = _calibration_files(paths, int8) if precision == "int8" else []
     files, frontends, metas = [], [], []
     shared: dict[str, str] = {}  # frontend digest -> the frontend graph of its first member
     for p in map(Path, paths):
@@ -238,10 +217,31 @@ def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device
         frontend = str(entry.frontend)
         if share_frontend:
             frontend = shared.setdefault(entry.meta["frontend_sha256"], frontend)
-        files.append(entry.body)
+        if calibration:
+            model = quantized_body(entry, calibration, int8.seconds, threads, user_cache_dir() / entry.folder.name)
+            check_guard(model, int8.tolerance, int8.warn, name=str(p))
+            files.append(model.body)
+        else:
+            files.append(entry.body)
         frontends.append(frontend)
         metas.append(entry.meta)
     extra = {"precision": precision} if backend == "openvino" else {}
     scorer = runtimes[backend](files, metas[0].get("activation", "sigmoid"), metas[0]["sample_rate"], device,
                                threads, frontends=frontends, **extra)
     return scorer, metas
+
+
+def _calibration_files(paths: Sequence[str | os.PathLike], int8: Int8Options | None) -> list[Path]:
+    """The calibration audio of an int8 run (checked: checkpoints only, some audio given)."""
+    onnx = [p for p in paths if Path(p).suffix == ".onnx"]
+    if onnx:
+        raise ValueError(f"{onnx[0]}: int8 quantizes checkpoints (.pt) only; give the checkpoint, not its ONNX file")
+    if int8 is None or not int8.calibration:
+        raise ValueError("precision int8 needs calibration audio: --calibration FILES/FOLDERS (a few minutes of "
+                         "recordings like those to score)")
+    from nfaudio.inputs import list_audio
+
+    files = list_audio(int8.calibration)
+    if not files:
+        raise ValueError(f"no audio file in the calibration inputs {list(int8.calibration)}")
+    return files

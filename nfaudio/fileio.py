@@ -7,11 +7,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["TMP_SUFFIX", "atomic_open", "atomic_path", "torch_save", "write_csv", "write_json", "write_text"]
+__all__ = ["TMP_SUFFIX", "atomic_open", "atomic_path", "exclusive_lock", "torch_save", "writable_dir", "write_csv",
+           "write_json", "write_text"]
 
 TMP_SUFFIX = ".nfaudio-tmp"  # files being written; a leftover one is from a killed job
 
@@ -66,3 +68,31 @@ def torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def writable_dir(folder: str | os.PathLike) -> bool:
+    """Create ``folder`` if needed and check that a file can be made in it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``path`` (created) for the block; no lock where ``fcntl`` does not exist
+    (callers keep their results whole by atomic renames alone there)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

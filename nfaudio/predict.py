@@ -47,6 +47,7 @@ from nfaudio.export_cache import load_runtime_scorer
 from nfaudio.formats import FileResult
 from nfaudio.inputs import list_audio
 from nfaudio.predict_run import RunSummary, run_prediction
+from nfaudio.quantize import Int8Options
 from nfaudio.rundir import find_checkpoints
 from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
 
@@ -169,7 +170,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | Path, backend: str = "torch", device: str = "auto",
                         threads: int | None = None, precision: str = "fp32", share_frontend: bool = True,
-                        **kwargs: Any) -> Predictor:
+                        int8: Int8Options | None = None, **kwargs: Any) -> Predictor:
         """Build from a checkpoint, a run directory or a CV directory (see :func:`find_checkpoints`).
 
         Args:
@@ -179,7 +180,8 @@ class Predictor:
             device: "auto", "cpu", "cuda", ...
             threads: intra-op threads of the backend, torch, onnxruntime or OpenVINO alike (default: the thread
                 policy, :func:`nfaudio.runtime.intra_op_threads`).
-            precision: "fp32", or "bf16" with the openvino backend (faster, approximate).
+            precision: "fp32", or with the openvino backend "bf16" (faster, approximate) or "int8" (quantized,
+                calibrated and guarded by ``int8``: :mod:`nfaudio.quantize`).
             share_frontend: members with the same frontend compute the log-mel once per batch (default; the
                 scores are the same); ``False`` runs each member whole (for comparison).
             **kwargs: other :class:`Predictor` options (``window`` defaults to the training duration).
@@ -192,7 +194,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         args = (str(Path(path).resolve()), dict(backend=backend, device=device, threads=threads, precision=precision,
-                                                 share_frontend=share_frontend, **kwargs))
+                                                 share_frontend=share_frontend, int8=int8, **kwargs))
         threads = intra_op_threads(threads, workers=int(kwargs.get("num_workers", 1)))
         paths = find_checkpoints(path)
         if backend == "torch":
@@ -209,7 +211,7 @@ class Predictor:
                                          share_frontend=share_frontend)
         else:
             scorer, metas = load_runtime_scorer(paths, backend, device=device, threads=threads, precision=precision,
-                                                share_frontend=share_frontend)
+                                                share_frontend=share_frontend, int8=int8)
         for p, meta in zip(paths[1:], metas[1:]):
             for key in ("classes", "duration", "sample_rate", "activation"):
                 if meta[key] != metas[0][key]:
@@ -235,8 +237,10 @@ class Predictor:
         return functools.partial(type(self).from_checkpoint, path, **{**kwargs, **overrides})
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching)."""
-        return {"models": [_file_id(p) for p in self.sources], "backend": self.scorer.name,
+        """Everything that determines the scores (models, backend, windows, TTA, smoothing, batching; for int8 the
+        quantized graphs, whose folder names carry their calibration set's key)."""
+        int8 = {"int8_graphs": list(self.scorer.paths)} if self.scorer.name.endswith("int8") else {}
+        return {**int8, "models": [_file_id(p) for p in self.sources], "backend": self.scorer.name,
                 "classes_sha1": hashlib.sha1("\n".join(self.classes).encode()).hexdigest(),
                 "sample_rate": self.sample_rate, "window": self.window, "hop": self.hop, "last": self.last,
                 "batch_size": self.batch_size, "tta_shifts": list(self.tta_shifts), "smoothing": self.smoothing,
@@ -371,7 +375,8 @@ def predictor_options(options: PredictConfig) -> dict[str, Any]:
         backend=o.backend, device=o.device, threads=o.threads, precision=o.precision, batch_size=o.batch_size,
         hop=o.hop, overlap=o.overlap, last=o.last, tta_shifts=(-o.tta_shift, o.tta_shift) if o.tta_shift else (),
         smoothing=o.smoothing, num_workers=o.workers, min_duration=o.min_duration,
-        decode_timeout=o.decode_timeout, decode_timeout_factor=o.decode_timeout_factor)
+        decode_timeout=o.decode_timeout, decode_timeout_factor=o.decode_timeout_factor,
+        int8=Int8Options(tuple(o.calibration), o.calibration_seconds, o.int8_tolerance, bool(o.int8_warn)))
     if o.window is not None:
         kwargs["window"] = o.window
     return kwargs

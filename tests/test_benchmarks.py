@@ -1,4 +1,5 @@
-"""Tests for benchmarks/: the scale benchmark at a tiny size (its JSON keys, the kill -9 resume comparison)."""
+"""Tests for benchmarks/: the scale benchmark at a tiny size (its JSON keys, the kill -9 resume comparison), and
+benchmarks/gpu.py on a machine without CUDA (says so, exits 0, writes nothing)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,14 @@ def test_scale_benchmark_tiny(tmp_path: Path) -> None:
         assert {"submission.csv", "scores.csv", "errors.csv"} <= set(kr["files_compared"])
         assert kr["final_run_rc"] == 0
     assert result["sets"]["short"]["rss_mib"]["command_peak"] > 0
+
+
+def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--work", str(tmp_path / "w"),
+                           "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    assert "needs CUDA" in proc.stderr
+    assert not out.exists()
+    assert not (tmp_path / "w").exists()  # nothing made either

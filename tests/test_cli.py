@@ -126,7 +126,8 @@ def test_predict_flags_recipe_keys_and_python_api_do_not_drift():
     # every key reaches the Python API: changing any one key changes the keyword arguments it maps to
     base = {**predictor_options(PredictConfig(window=5.0)), **output_options(PredictConfig(window=5.0))}
     changed = {"window": 4.0, "hop": 2.0, "overlap": 1.0, "batch_size": 7, "last": "drop", "tta_shift": 1.0,
-               "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "device": "cpu", "threads": 3,
+               "smoothing": 0.2, "backend": "onnxruntime", "precision": "bf16", "calibration": ["calib"],
+               "calibration_seconds": 60.0, "int8_tolerance": 0.5, "int8_warn": True, "device": "cpu", "threads": 3,
                "workers": 3, "decode_timeout": 5.0, "decode_timeout_factor": 0.5, "min_duration": 1.0,
                "formats": ["raven"], "table_format": "parquet",
                "threshold": 0.1, "top_k": 2, "cluster": "local:2"}

@@ -88,8 +88,8 @@ def test_factory_rebuilds_the_predictor_in_another_process(ckpt: Path, audio_dir
     assert rebuilt is not pred
     assert rebuilt.fingerprint() == pred.fingerprint()
     assert rebuilt.checkpoint_args == pred.checkpoint_args == (str(ckpt.resolve()), {
-        "backend": "torch", "device": "auto", "threads": 1, "precision": "fp32", "share_frontend": True, "hop": 0.5,
-        "batch_size": 3, "num_workers": 0})
+        "backend": "torch", "device": "auto", "threads": 1, "precision": "fp32", "share_frontend": True, "int8": None,
+        "hop": 0.5, "batch_size": 3, "num_workers": 0})
     path = audio_dir / "rec_a.wav"
     pd.testing.assert_frame_equal(rebuilt.predict_file(path), pred.predict_file(path), check_exact=True)
     other = pred.factory(batch_size=5, num_workers=2)()
