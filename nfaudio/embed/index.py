@@ -8,8 +8,8 @@ Metric: cosine similarity, i.e. the inner product of L2-normalised embeddings, t
 - ``hnsw``: ``IndexHNSWFlat`` (Malkov and Yashunin 2018, "Efficient and robust approximate nearest neighbor
   search using Hierarchical Navigable Small World graphs"), approximate, for big stores; ``m`` links per node,
   ``ef_search`` candidates per query (raise it for recall, at the cost of speed);
-- ``ivf``: ``IndexIVFFlat``, approximate: ``nlist`` k-means cells (default ``4 sqrt(N)``, at most ``N / 39``), ``nprobe`` of them
-  searched per query.
+- ``ivf``: ``IndexIVFFlat``, approximate: ``nlist`` k-means cells (default ``4 sqrt(N)``, at most ``N / 39``),
+  ``nprobe`` of them searched per query.
 
 One file, written atomically: ``DIR/index.npz`` holds the serialised faiss index, the row keys (``file, start_s,
 end_s`` in store row order, so a search never reads the shards) and ``meta`` (JSON: kind, parameters, rows, dim
