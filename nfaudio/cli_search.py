@@ -6,6 +6,12 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # type names only: the parser imports nothing heavy
+    import numpy as np
+
+    from nfaudio.embed.store import EmbeddingStore
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -66,7 +72,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stored(store, query: Path, start: float):  # noqa: ANN001, ANN202 - types from lazily imported modules
+def _stored(store: EmbeddingStore, query: Path, start: float) -> np.ndarray:
     """The stored vector of ``query``'s window at ``start``: the file as given, or as an absolute path."""
     from nfaudio.embed.search import stored_query
     from nfaudio.embed.store import StoreError

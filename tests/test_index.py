@@ -19,7 +19,7 @@ pytest.importorskip("faiss")
 from nfaudio.cli import main  # noqa: E402
 from nfaudio.embed import index as ix  # noqa: E402
 from nfaudio.embed.search import search, stored_query  # noqa: E402
-from nfaudio.embed.store import StoreWriter, open_store  # noqa: E402
+from nfaudio.embed.store import StoreError, StoreWriter, open_store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,6 +126,22 @@ def test_without_an_index_or_faiss_the_search_is_exact_and_errors_name_the_fix(t
     empty = StoreWriter(tmp_path / "e", dim=4).close()
     with pytest.raises(ValueError, match="no windows"):
         ix.build_index(empty)
+
+
+def test_an_audio_query_on_a_store_that_records_no_model_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    from conftest import write_tone
+
+    from nfaudio.embed.query import store_predictor
+
+    store = _store(tmp_path / "s", np.random.default_rng(5))  # written by hand: no models in its info
+    with pytest.raises(StoreError, match="cannot tell which model"):
+        store_predictor(store)
+    wav = write_tone(tmp_path / "q.wav", 1.0)
+    assert main(["search", str(tmp_path / "s"), str(wav)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("nfaudio search: error: ")
+    assert "pass the model" in err[0]
 
 
 # ----------------------------------------------------------------------------------------- audio queries

@@ -94,7 +94,7 @@ def _store_model(store: EmbeddingStore) -> Path:
                     return run
             except FileNotFoundError:
                 continue
-    raise StoreError(f"{store.root}: cannot tell which model made the store's embeddings; pass the model")
+    raise StoreError(f"{store.root}: cannot tell which model made the store's embeddings; pass the model (--model)")
 
 
 def store_predictor(store: EmbeddingStore, model: str | os.PathLike | None = None, **overrides: Any) -> Predictor:
