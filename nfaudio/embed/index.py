@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from nfaudio.embed import search as exact
-from nfaudio.embed.store import KEY_COLUMNS, EmbeddingStore, StoreError, open_store
+from nfaudio.embed.store import KEY_COLUMNS, META, EmbeddingStore, StoreError, open_store
 from nfaudio.fileio import atomic_open
 
 __all__ = ["FAISS", "INDEX_FILE", "INDEX_KINDS", "IndexFileError", "MissingIndexError", "StaleIndexError",
@@ -90,7 +90,7 @@ def require_faiss(name: str = FAISS) -> ModuleType:
 def store_fingerprint(store: EmbeddingStore) -> str:
     """A digest of what the store holds: its dimension, settings, listed shards (name, rows, files) and each shard
     file's size and modification time; it changes whenever a writer adds, replaces or removes a shard."""
-    meta = json.loads((store.root / "embeddings.json").read_text())
+    meta = json.loads((store.root / META).read_text())
     shards = []
     for s in meta.get("shards", []):
         st = (store.root / s["name"]).stat()
