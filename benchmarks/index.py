@@ -1,9 +1,9 @@
 """Vector search on an embedding store: the exact numpy search next to faiss flat, HNSW and IVF indexes.
 
 Writes a store of N synthetic windows (``--rows``, default 100,000; ``--dim`` 256; clustered: ``--clusters``
-random centres plus Gaussian noise, no audio) with :class:`nfaudio.embed.store.StoreWriter`, picks ``--queries``
-stored windows as queries, then runs each method in its own child process (so each gets its own peak RSS,
-``getrusage`` in the child), one after the other:
+random centres (unit variance) plus Gaussian noise of ``--noise`` sigma, no audio) with
+:class:`nfaudio.embed.store.StoreWriter`, picks ``--queries`` stored windows as queries, then runs each method
+in its own child process (so each gets its own peak RSS, ``getrusage`` in the child), one after the other:
 
 - ``numpy``: the exact search of :mod:`nfaudio.embed.search` on the store's embeddings held in memory (build: read
   and L2-normalise them; query: one matrix-vector product and a sort, as ``search()`` does);
@@ -41,7 +41,7 @@ METHODS = ("numpy", "flat", "hnsw", "ivf")
 TOP = 10
 
 
-def make_store(root: Path, rows: int, dim: int, clusters: int, seed: int) -> float:
+def make_store(root: Path, rows: int, dim: int, clusters: int, noise: float, seed: int) -> float:
     """A store of ``rows`` clustered vectors in files of 600 windows (5 s each); returns the writing seconds."""
     from nfaudio.embed.store import StoreWriter
 
@@ -52,7 +52,7 @@ def make_store(root: Path, rows: int, dim: int, clusters: int, seed: int) -> flo
     for i, lo in enumerate(range(0, rows, 600)):
         n = min(600, rows - lo)
         start = np.arange(n) * 5.0
-        emb = centres[rng.integers(0, clusters, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+        emb = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
         w.add(f"/archive/rec_{i:05d}.wav", start, start + 5.0, emb)
     w.close()
     return time.perf_counter() - t0
@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=256)
     p.add_argument("--clusters", type=int, default=1000)
+    p.add_argument("--noise", type=float, default=2.0,
+                   help="noise sigma per dimension around unit-variance centres (2.0: a window is nearer to other clusters than most of its own)")
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--threads", type=int, default=1, help="faiss and BLAS threads per child (1)")
     p.add_argument("--methods", default=",".join(METHODS))
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
         work = Path(tmp)
         store_dir = work / "store"
-        write_s = make_store(store_dir, args.rows, args.dim, args.clusters, args.seed)
+        write_s = make_store(store_dir, args.rows, args.dim, args.clusters, args.noise, args.seed)
         rows = np.random.default_rng(args.seed + 1).choice(args.rows, size=args.queries, replace=False)
         np.save(work / "queries.npy", rows)
         results = {m: run_child(m, store_dir, work / "queries.npy", args.threads, work) for m in methods}
@@ -193,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
             datetime.timezone.utc).isoformat(timespec="seconds"), "machine": machine_info(), "note": args.note,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                      if k not in ("child", "store", "query_rows", "ids")},
-        "data": {"rows": args.rows, "dim": args.dim, "clusters": args.clusters, "noise_sigma": 0.5,
+        "data": {"rows": args.rows, "dim": args.dim, "clusters": args.clusters, "noise_sigma": args.noise,
                  "store_write_s": round(write_s, 2), "store_mib": round(store_mib, 1)},
         "metric": "cosine; distance = 1 - cosine", "top": TOP, "methods": results,
         "loadavg_at_start": load0, "loadavg_at_end": os.getloadavg(), "seconds": round(time.time() - started, 1)}
