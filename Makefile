@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make test   - create .venv when missing, install nfaudio[dev,onnx,openvino,int8,parquet,dask], run the tests
+#   make test   - create .venv when missing, install nfaudio[dev,onnx,openvino,int8,parquet,dask,index], run the tests
 #                 (integration runs included; `make test-unit` leaves them out, `make test-all` adds slow and gpu)
 #   make demo   - create .venv when missing, install nfaudio, run the built-in demo
 PYTHON ?= python3
@@ -12,7 +12,7 @@ STAMP := $(VENV)/.nfaudio-installed
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,onnx,openvino,int8,parquet,dask]'
+	$(PY) -m pip install --quiet -e '.[dev,onnx,openvino,int8,parquet,dask,index]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from nfaudio import __version__, cli_embed, cli_probe, cli_selftrain, cli_study
+from nfaudio import __version__, cli_embed, cli_probe, cli_search, cli_selftrain, cli_study
 from nfaudio.choices import BACKENDS, FORMATS, LAST_POLICIES, METRIC_NAMES, PRECISIONS, TABLE_FORMATS
 from nfaudio.cli_args import predict_settings
 
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_study.add_parsers(sub, _add_recipe_args)  # study bn-cost|agc
     cli_embed.add_parsers(sub, _add_scoring_args)  # embed
     cli_probe.add_parsers(sub)  # probe train|predict|suggest|attach
+    cli_search.add_parsers(sub)  # index build, search
 
     p = sub.add_parser("export", help="export a model (log-mel frontend included) to ONNX")
     p.add_argument("model", type=Path, help="checkpoint, run dir or CV dir")
@@ -303,7 +304,7 @@ class _UsageError(Exception):
 COMMANDS = {"train": _cmd_train, "cv": _cmd_cv, "evaluate": _cmd_evaluate, "demo": _cmd_demo,
             "list-models": _cmd_list_models, "predict": _cmd_predict, "export": _cmd_export, "recipes": _cmd_recipes,
             **cli_selftrain.COMMANDS, **cli_study.COMMANDS, **cli_embed.COMMANDS,
-            **cli_probe.COMMANDS}
+            **cli_probe.COMMANDS, **cli_search.COMMANDS}
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -326,6 +327,7 @@ _PATH_ARGS: dict[str, dict[str, str]] = {
     "pseudo-label": {"model": "model", "inputs": "input", "out": "--out", "recipe": "--recipe"},
     "embed": {"model": "model", "inputs": "input", "out": "--out"},
     "probe": {"embeddings": "--embeddings", "labels": "--labels", "probe": "probe", "model": "model", "out": "--out"},
+    "index": {"store": "DIR"}, "search": {"store": "DIR", "query": "QUERY", "out": "--out", "model": "--model"},
     "self-train": {"recipe": "--recipe", "unlabelled": "--unlabelled", "out": "--out", "eval_labels": "--eval-labels"},
 }
 # Errors of writing the output that carry no file name but cannot be a bug: disk full, quota, read-only disk.

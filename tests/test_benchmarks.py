@@ -1,5 +1,5 @@
-"""Tests for benchmarks/: the scale benchmark at a tiny size (its JSON keys, the kill -9 resume comparison), and
-benchmarks/gpu.py on a machine without CUDA (says so, exits 0, writes nothing)."""
+"""Tests for benchmarks/: the scale and index benchmarks at a tiny size (JSON keys, the kill -9 resume comparison,
+exact methods agreeing), and benchmarks/gpu.py on a machine without CUDA (says so, exits 0, writes nothing)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,25 @@ def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
     assert "needs CUDA" in proc.stderr
     assert not out.exists()
     assert not (tmp_path / "w").exists()  # nothing made either
+
+
+@pytest.mark.integration
+def test_index_benchmark_tiny(tmp_path: Path) -> None:
+    pytest.importorskip("faiss")
+    pytest.importorskip("pyarrow")
+    out, work = tmp_path / "res" / "index.json", tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "index.py"), "--rows", "2000", "--dim", "16",
+                    "--clusters", "20", "--queries", "12", "--work", str(work), "--out", str(out)],
+                   check=True, env=env, cwd=ROOT, capture_output=True, timeout=280)
+    result = json.loads(out.read_text())
+    assert {"command", "machine", "data", "settings", "methods"} <= set(result)
+    assert result["data"]["rows"] == 2000
+    assert set(result["methods"]) == {"numpy", "flat", "hnsw", "ivf"}
+    for name, m in result["methods"].items():
+        assert {"build_s", "query_ms_mean", "table_ms_mean", "peak_rss_mib", "recall_at_10"} <= set(m), name
+        assert m["self_first"] == 1.0  # every query window finds itself first
+    assert result["methods"]["flat"]["recall_at_10"] == 1.0  # exact, as numpy
+    assert result["methods"]["ivf"]["params"]["nlist"] == 2000 // 39  # 4 sqrt(2000) = 179 capped at rows / 39
+    assert not list(work.iterdir())  # the store lived in a temporary folder under --work, removed

@@ -3,22 +3,28 @@
 :func:`embed_query` reads only the asked segment (seeking into the file; with resampling, a little context on both
 sides so the samples match those of a whole-file decode) and embeds it with the predictor that made the store, so
 the query ``[start_s, end_s)`` of a store's window gives that row's vector (up to float rounding).
+:func:`store_predictor` rebuilds that predictor from what the store recorded (models, backend, window, hop).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from nfaudio.audio import frame_windows, info, load
+from nfaudio.embed.store import EmbeddingStore, StoreError
 from nfaudio.runtime import torch_threads
 
 if TYPE_CHECKING:  # type names only
     from nfaudio.predict import Predictor
 
-__all__ = ["embed_query", "query_windows"]
+__all__ = ["embed_query", "query_windows", "store_predictor"]
+
+log = logging.getLogger(__name__)
 
 _CONTEXT_S = 0.05  # seconds decoded around the segment when it is resampled
 
@@ -71,3 +77,53 @@ def embed_query(predictor: Predictor, path: str | os.PathLike, start: float | No
     with torch_threads(predictor.threads):
         emb = np.concatenate([predictor.scorer.embed(waves[i:i + bs], fold_mode)[0] for i in range(0, len(waves), bs)])
     return emb.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _store_model(store: EmbeddingStore) -> Path:
+    """The model path that gives the store's models again: the one file, or the folder of a CV run's folds."""
+    from nfaudio.rundir import find_checkpoints
+
+    paths = [Path(m["path"]) for m in store.info.get("models", [])]
+    if len(paths) == 1:
+        return paths[0]
+    if paths:
+        parent = Path(os.path.commonpath([str(p.parent) for p in paths]))
+        for run in (parent, parent.parent):
+            try:
+                if [p.resolve() for p in find_checkpoints(run)] == [p.resolve() for p in paths]:
+                    return run
+            except FileNotFoundError:
+                continue
+    raise StoreError(f"{store.root}: cannot tell which model made the store's embeddings; pass the model (--model)")
+
+
+def store_predictor(store: EmbeddingStore, model: str | os.PathLike | None = None, **overrides: Any) -> Predictor:
+    """The predictor that made ``store``: its models (from ``store.info``, or ``model``), backend, window, hop,
+    last-window policy and batch size, so :func:`embed_query` gives vectors comparable with the store's rows.
+
+    Args:
+        model: another path to the same models (e.g. the run was moved); default: the paths the store recorded.
+        **overrides: other :meth:`Predictor.from_checkpoint` arguments (``device``, ``threads`` ...).
+
+    Raises:
+        StoreError: the store does not record its models and no ``model`` is given, or the models' sample rate
+            differs from the store's.
+        FileNotFoundError: the model is gone.
+    """
+    from nfaudio.predict import Predictor
+
+    meta = store.info
+    backend, _, precision = str(meta.get("backend", "torch")).partition("-")
+    kwargs: dict[str, Any] = {"backend": backend, "precision": precision or "fp32", "num_workers": 0}
+    for key in ("window", "hop", "last", "batch_size", "min_duration"):
+        if meta.get(key) is not None:
+            kwargs[key] = meta[key]
+    predictor = Predictor.from_checkpoint(model if model is not None else _store_model(store),
+                                          **{**kwargs, **overrides})
+    if meta.get("sample_rate") not in (None, predictor.sample_rate):
+        raise StoreError(f"{store.root}: embeddings made at {meta['sample_rate']} Hz, the model runs at "
+                         f"{predictor.sample_rate} Hz")
+    if meta.get("models") and predictor.fingerprint()["models"] != meta["models"]:
+        log.warning("%s: the model files differ from those that made the store (changed or moved since); the "
+                    "query's embedding is comparable only if they are the same models", store.root)
+    return predictor

@@ -2,7 +2,8 @@
 
 Metric: cosine similarity, i.e. the inner product of L2-normalised embeddings; ``distance = 1 - cosine``
 (0 for the same direction, 2 for the opposite). The search is a brute-force matrix product in numpy, exact;
-an approximate index library (faiss / usearch) is not wired in yet.
+:mod:`nfaudio.embed.index` builds a faiss index with the same metric and the same hits table (``nfaudio index
+build``), and :func:`nfaudio.embed.index.search_store` picks the index when one is built.
 
 A query is a vector or a window already in the store (:func:`stored_query`). A query from audio is one call
 to the model's embedding of that window (the ``embed_query`` function of ``nfaudio embed``), then
