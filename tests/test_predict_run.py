@@ -110,3 +110,31 @@ def test_kill_9_then_resume_gives_identical_outputs(ckpt: Path, tmp_path: Path) 
     assert len(snap) == 5 + 2 * 12 + 1  # combined outputs, per-file Raven and Audacity tables, errors.csv
     for name in clean:
         assert snap[name] == clean[name], name
+
+
+def test_recording_a_file_costs_one_appended_line_and_one_part_however_many_are_done(tmp_path: Path) -> None:
+    """The journal's per-file cost does not grow with the files done: each record appends exactly its own line
+    (nothing rewritten or re-read) and writes one part; a reopened journal holds every entry."""
+    import numpy as np
+
+    from nfaudio.formats import FileResult
+
+    root = tmp_path / ".nfaudio"
+    journal = Journal(root, {"run": 1})
+    path = root / "journal.jsonl"
+    growth = []
+    for i in range(300):
+        res = FileResult(path=Path(f"f{i}.wav"), index=i, starts=np.arange(3.0), ends=np.arange(3.0) + 5,
+                         scores=np.full((3, 2), i / 300, np.float32), duration=15.0)
+        before = path.stat().st_size
+        journal.record(f"/data/f{i}.wav", res)
+        line = json.dumps(journal.done[f"/data/f{i}.wav"], sort_keys=True) + "\n"
+        growth.append(path.stat().st_size - before - len(line))
+    journal.close()
+    assert growth == [0] * 300  # the 300th record wrote no more than its own line, like the first
+    assert len(list((root / "parts").iterdir())) == 300
+    reopened = Journal(root, {"run": 1})
+    assert len(reopened.done) == 300
+    starts, ends, scores = reopened.load("/data/f299.wav")
+    assert scores[0, 0] == np.float32(299 / 300)
+    reopened.close()
