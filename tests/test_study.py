@@ -324,3 +324,52 @@ def test_small_data_grid_holds_out_a_speaker_and_resumes(tone_manifest, tmp_path
     n_calls = len(seen)
     small_data.run(cfg, tmp_path / "sd", **kwargs)
     assert len(seen) == n_calls  # resumed: nothing retrained
+
+
+def _tone_folder(root: Path, per_class: int, sr: int = 16000, seconds: float = 1.0) -> Path:
+    """Folder-per-class tree of four noisy tone classes (clips shorter than the crop are zero-padded)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    t = np.arange(int(sr * seconds)) / sr
+    for label, freq in (("a", 300.0), ("b", 900.0), ("c", 2000.0), ("d", 5000.0)):
+        for i in range(per_class):
+            f = freq * (1 + 0.03 * rng.standard_normal())
+            onset = rng.uniform(0, 0.5)
+            y = np.where(t >= onset, 0.2 * np.sin(2 * np.pi * f * t), 0.0) + 0.1 * rng.standard_normal(len(t))
+            path = root / label / f"{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), y.astype(np.float32), sr)
+    return root
+
+
+def test_folder_clips_scratch_resolves_to_the_from_scratch_settings():
+    from nfaudio.config import load_config
+
+    old, new = load_config("folder_clips"), load_config("folder_clips_scratch")
+    assert (new.model.name, new.model.pretrained) == ("nfaudio_small", False)
+    assert new.optim.lr > old.optim.lr
+    assert new.train.early_stop_patience is None
+    assert new.train.select == "last"
+    assert new.train.batch_size < old.train.batch_size
+    assert new.train.epochs >= old.train.epochs
+    # everything about the data and the input is the generic recipe's
+    assert (new.data, new.audio, new.frontend, new.cv, new.loss) == (old.data, old.audio, old.frontend, old.cv,
+                                                                     old.loss)
+
+
+@pytest.mark.slow
+def test_folder_clips_scratch_learns_from_a_few_clips_where_the_old_settings_do_not(tmp_path):
+    from nfaudio.config import load_config
+    from nfaudio.training import train_from_config
+
+    root = _tone_folder(tmp_path / "clips", per_class=10)
+    common = [f"data.root={root}", "data.num_workers=0", "audio.duration=1.0", "audio.sample_rate=16000",
+              "frontend.fmax=8000", "frontend.n_mels=64", "train.progress=false", "model.name=nfaudio_small"]
+    old = train_from_config(load_config("folder_clips", [*common, "model.pretrained=false"]), tmp_path / "old")
+    new = train_from_config(load_config("folder_clips_scratch", common), tmp_path / "new")
+    old_acc, new_acc = old.history[-1]["val_score"], new.history[-1]["val_score"]
+    print(f"old settings {old_acc:.3f} after {len(old.history)} epochs; new {new_acc:.3f}")
+    assert new_acc >= 0.75, new_acc  # 4 classes: chance is 0.25
+    assert new_acc - old_acc >= 0.25, (old_acc, new_acc)
