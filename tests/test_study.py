@@ -180,3 +180,196 @@ def test_trainer_clip_grad_norm_bounds_the_first_update(tiny_birdclef, tmp_path)
     moved = max(float((end[k].float() - start[k].float()).abs().max()) for k in start if start[k].is_floating_point()
                 and "running" not in k)
     assert 0 < moved <= lr * 1.9 * max_norm * 1.001
+
+
+def _tone_clips(root: Path, per_class: int = 4, groups: int = 3, sr: int = 8000, seconds: float = 0.5) -> Path:
+    """Three classes of noisy tones (400, 1200, 2800 Hz) recorded by ``groups`` speakers: a CSV manifest."""
+    import numpy as np
+    import pandas as pd
+    import soundfile as sf
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(sr * seconds)) / sr
+    rows = []
+    for g in range(groups):
+        for label, freq in (("low", 400.0), ("mid", 1200.0), ("high", 2800.0)):
+            for i in range(per_class):
+                f = freq * (1 + 0.03 * rng.standard_normal())
+                y = 0.3 * np.sin(2 * np.pi * f * t) + 0.05 * rng.standard_normal(len(t))
+                path = root / "audio" / f"{label}_{g}_{i}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                sf.write(str(path), y.astype(np.float32), sr)
+                rows.append({"path": str(path), "label": label, "group": f"s{g}"})
+    manifest = root / "clips.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest
+
+
+def _tone_recipe(manifest: Path, **sections):
+    from nfaudio.config import from_dict
+
+    values = {
+        "data": {"kind": "csv", "manifest": str(manifest), "num_workers": 0, "validate": False},
+        "audio": {"sample_rate": 8000, "duration": 0.5},
+        "frontend": {"n_fft": 256, "hop_length": 128, "n_mels": 16, "fmin": 20.0, "fmax": 4000.0},
+        "model": {"name": "nfaudio_tiny", "head": "pooled"},
+        "loss": {"name": "ce", "frame_weight": 0.0},
+        "optim": {"name": "adamw", "lr": 3e-3},
+        "train": {"epochs": 1, "batch_size": 8, "seed": 3, "progress": False, "metric": "accuracy"},
+        "cv": {"strategy": "logo", "group_column": "group"},
+    }
+    for name, overrides in sections.items():
+        values.setdefault(name, {}).update(overrides)
+    return from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def tone_manifest(tmp_path_factory):
+    return _tone_clips(tmp_path_factory.mktemp("tones"))
+
+
+def test_compare_per_fold_scores_are_the_cv_runs_and_resume_skips(tone_manifest, tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from nfaudio.cv import run_cv
+    from nfaudio.study import compare
+
+    cfg = _tone_recipe(tone_manifest)
+    report = compare.run(cfg, tmp_path / "cmp", models=["nfaudio_tiny"], folds=[0, 1])
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert [(r["model"], r["fold"], r["status"]) for r in rows] == [("nfaudio_tiny", k, "ok") for k in (0, 1)]
+    metrics = json.loads((tmp_path / "cmp" / "cv" / "nfaudio_tiny" / "metrics.json").read_text())
+    ref = run_cv(cfg, tmp_path / "ref", folds=[0, 1])  # the same recipe through nfaudio cv by hand
+    for r in rows:
+        assert r["score"] == metrics["per_fold"][str(r["fold"])]["accuracy"]
+        assert r["score"] == pytest.approx(ref["per_fold"][str(r["fold"])]["accuracy"])
+        oof = pd.read_csv(tmp_path / "cmp" / "cv" / "nfaudio_tiny" / f"fold{r['fold']}" / "oof.csv")
+        classes = [c for c in oof.columns if c not in ("row_id", "fold")]
+        labels = pd.read_csv(tmp_path / "ref" / "folds.csv").set_index("row_id")["primary_label"]
+        y = np.stack([(labels.loc[oof["row_id"]].to_numpy() == c) for c in classes], 1)
+        assert r["macro_auc"] == pytest.approx(roc_auc_score(y, oof[classes].to_numpy(), average="macro"))
+        assert r["params"] > 1000
+        assert r["infer_clips_per_s"] > 0
+        assert r["x_real_time"] == pytest.approx(r["infer_clips_per_s"] * 0.5)
+    assert "| nfaudio_tiny |" in report.read_text()
+    assert (tmp_path / "cmp" / "accuracy_vs_speed.png").stat().st_size > 1000
+
+    def boom(*a, **k):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr("nfaudio.cv.run_cv", boom)
+    compare.run(cfg, tmp_path / "cmp", models=["nfaudio_tiny"], folds=[0, 1])
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text()) == rows
+
+
+def test_compare_budget_schedule():
+    from nfaudio.study.compare import budget_schedule
+
+    assert budget_schedule(0.1, 60.0, 100) == (6, None)  # 600 steps: six whole epochs
+    assert budget_schedule(0.1, 10.0, 100) == (2, 50)  # 100 steps: two epochs of 50
+    assert budget_schedule(1.0, 0.5, 100) == (2, 1)  # never fewer than one step an epoch
+
+
+def test_small_data_nested_subsets_and_augment_levels(tone_manifest):
+    from nfaudio.study.small_data import augment_level, nested_subset
+
+    labels = ["a"] * 10 + ["b"] * 3
+    five, two = nested_subset(labels, 5, seed=1), nested_subset(labels, 2, seed=1)
+    assert sorted(labels[i] for i in five) == ["a"] * 5 + ["b"] * 3  # b has only three
+    assert set(two) <= set(five)
+    assert nested_subset(labels, 5, seed=2) != five
+    cfg = _tone_recipe(tone_manifest, augment={"gain_p": 0.3, "specaug_p": 0.2})
+    assert augment_level(cfg, "none").augment.gain_p == 0.0
+    assert augment_level(cfg, "none").augment.specaug_p == 0.0
+    assert augment_level(cfg, "recipe").augment == cfg.augment
+    assert augment_level(cfg, "strong").augment.mixup_p == 0.5
+    with pytest.raises(ValueError, match="unknown augmentation level 'loud'"):
+        augment_level(cfg, "loud")
+
+
+def test_small_data_grid_holds_out_a_speaker_and_resumes(tone_manifest, tmp_path, monkeypatch):
+    from nfaudio.study import small_data
+
+    cfg = _tone_recipe(tone_manifest)
+    kwargs = dict(sizes=[1, 2], models=["nfaudio_tiny"], lrs=[3e-3], epochs=[1], augments=["none"], folds=[0],
+                  batch_size=4)
+    seen = []
+    from nfaudio.training import trainer
+
+    orig = trainer.fit
+
+    def spy(c, train_set, val_set, out_dir, **kw):
+        seen.append((sorted(train_set.df["group"].unique()), train_set.df["primary_label"].value_counts().to_dict(),
+                     c.model.pretrained, c.train.select))
+        return orig(c, train_set, val_set, out_dir, **kw)
+
+    monkeypatch.setattr(trainer, "fit", spy)
+    report = small_data.run(cfg, tmp_path / "sd", **kwargs)
+    rows = json.loads((tmp_path / "sd" / "results.json").read_text())
+    assert [(r["clips_per_class"], r["n_train"], r["n_val"], r["status"]) for r in rows] == [(1, 3, 12, "ok"),
+                                                                                              (2, 6, 12, "ok")]
+    from nfaudio.data import load_data
+    from nfaudio.folds import assign_folds
+
+    manifest = load_data(cfg)
+    folds = assign_folds(manifest, 3, "logo", "group", cfg.train.seed)
+    (held_out,) = set(manifest.df["group"][folds == 0])  # fold 0 is one speaker, its 12 clips the validation set
+    assert all(held_out not in groups for groups, *_ in seen)
+    assert seen[1][1] == {"low": 2, "mid": 2, "high": 2}
+    assert all(pretrained is False and select == "last" for *_, pretrained, select in seen)
+    assert all(0.0 <= r["accuracy"] <= 1.0 and r["chance"] == pytest.approx(1 / 3) for r in rows)
+    assert "Best setting per size" in report.read_text()
+    n_calls = len(seen)
+    small_data.run(cfg, tmp_path / "sd", **kwargs)
+    assert len(seen) == n_calls  # resumed: nothing retrained
+
+
+def _tone_folder(root: Path, per_class: int, sr: int = 16000, seconds: float = 1.0) -> Path:
+    """Folder-per-class tree of four noisy tone classes (clips shorter than the crop are zero-padded)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(1)
+    t = np.arange(int(sr * seconds)) / sr
+    for label, freq in (("a", 300.0), ("b", 900.0), ("c", 2000.0), ("d", 5000.0)):
+        for i in range(per_class):
+            f = freq * (1 + 0.03 * rng.standard_normal())
+            onset = rng.uniform(0, 0.5)
+            y = np.where(t >= onset, 0.2 * np.sin(2 * np.pi * f * t), 0.0) + 0.1 * rng.standard_normal(len(t))
+            path = root / label / f"{i}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), y.astype(np.float32), sr)
+    return root
+
+
+def test_folder_clips_scratch_resolves_to_the_from_scratch_settings():
+    from nfaudio.config import load_config
+
+    old, new = load_config("folder_clips"), load_config("folder_clips_scratch")
+    assert (new.model.name, new.model.pretrained) == ("nfaudio_small", False)
+    assert new.optim.lr > old.optim.lr
+    assert new.train.early_stop_patience is None
+    assert new.train.select == "last"
+    assert new.train.batch_size < old.train.batch_size
+    assert new.train.epochs >= old.train.epochs
+    # everything about the data and the input is the generic recipe's
+    assert (new.data, new.audio, new.frontend, new.cv, new.loss) == (old.data, old.audio, old.frontend, old.cv,
+                                                                     old.loss)
+
+
+@pytest.mark.slow
+def test_folder_clips_scratch_learns_from_a_few_clips_where_the_old_settings_do_not(tmp_path):
+    from nfaudio.config import load_config
+    from nfaudio.training import train_from_config
+
+    root = _tone_folder(tmp_path / "clips", per_class=10)
+    common = [f"data.root={root}", "data.num_workers=0", "audio.duration=1.0", "audio.sample_rate=16000",
+              "frontend.fmax=8000", "frontend.n_mels=64", "train.progress=false", "model.name=nfaudio_small"]
+    old = train_from_config(load_config("folder_clips", [*common, "model.pretrained=false"]), tmp_path / "old")
+    new = train_from_config(load_config("folder_clips_scratch", common), tmp_path / "new")
+    old_acc, new_acc = old.history[-1]["val_score"], new.history[-1]["val_score"]
+    print(f"old settings {old_acc:.3f} after {len(old.history)} epochs; new {new_acc:.3f}")
+    assert new_acc >= 0.75, new_acc  # 4 classes: chance is 0.25
+    assert new_acc - old_acc >= 0.25, (old_acc, new_acc)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["heatmap", "line_plot"]
+__all__ = ["heatmap", "line_plot", "scatter_plot"]
 
 
 def line_plot(rows: list[dict[str, Any]], x: str, y: str, series: list[str], path: str | os.PathLike,
@@ -53,5 +53,28 @@ def heatmap(values: list[list[float]], rows: list[str], cols: list[str], path: s
             ax.text(j, i, text, ha="center", va="center", color="w", fontsize=7)
     fig.colorbar(im, ax=ax)
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def scatter_plot(rows: list[dict[str, Any]], x: str, y: str, label: str, path: str | os.PathLike,
+                 title: str = "") -> None:
+    """One labelled point per row: ``y`` against ``x`` (log x axis), e.g. accuracy against clips/s."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for r in rows:
+        if r.get(x) is None or r.get(y) is None:
+            continue
+        ax.scatter([r[x]], [r[y]], s=40)
+        ax.annotate(str(r[label]), (r[x], r[y]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

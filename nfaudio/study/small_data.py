@@ -1,0 +1,224 @@
+"""``nfaudio study small-data``: a few clips per class, no pretrained weights (the offline bioacoustics case).
+
+Brock et al. 2021 train NFNets on ImageNet or fine-tune them from it; a user offline with a few dozen clips per
+class trains from scratch. For each held-out group (a fold of the recipe's ``cv`` section: for FSDD one speaker),
+the study draws ``n`` clips per class from the other groups (nested: the 5-clip set is inside the 10-clip set,
+one random order per fold, seeded) and trains a grid of settings on them through nfaudio's trainer: model size,
+learning rate, epochs and augmentation strength (``none``: every augmentation off; ``recipe``: the recipe's;
+``strong``: :data:`STRONG_AUGMENT`). The model after the last epoch (no selection on the held-out group) is
+scored on the held-out group's clips. One cell is one (setting, fold); finished cells are kept on a re-run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from nfaudio.config import Config
+from nfaudio.study.framework import Study, markdown_table
+
+__all__ = ["AUGMENT_LEVELS", "STRONG_AUGMENT", "augment_level", "nested_subset", "run"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIZES = (5, 10, 30)
+DEFAULT_MODELS = ("nfaudio_tiny", "nfaudio_small")
+DEFAULT_LRS = (5e-4, 3e-3)
+DEFAULT_EPOCHS = (10, 40)
+DEFAULT_AUGMENTS = ("none", "strong")
+FULL_LRS = (5e-4, 1e-3, 3e-3, 1e-2)
+FULL_EPOCHS = (10, 20, 40, 80)
+FULL_AUGMENTS = ("none", "recipe", "strong")
+
+_OFF = dict(gain_p=0.0, shift_p=0.0, noise_p=0.0, background_p=0.0, mixup_p=0.0, specaug_p=0.0)
+# Every waveform augmentation on most clips, two SpecAugment masks on most clips, mixup with soft targets.
+STRONG_AUGMENT = dict(gain_p=0.8, gain_db=6.0, shift_p=0.8, noise_p=0.5, noise_snr=(10.0, 30.0), mixup_p=0.5,
+                      mixup_alpha=0.5, mixup_rule="weighted", specaug_p=0.8, specaug_masks=2)
+AUGMENT_LEVELS = ("none", "recipe", "strong")
+
+
+def augment_level(cfg: Config, level: str) -> Config:
+    """The recipe with augmentation ``none`` (all off), ``recipe`` (as is) or ``strong`` (:data:`STRONG_AUGMENT`;
+    SpecAugment widths stay the recipe's, they are in frames and mel bins)."""
+    if level not in AUGMENT_LEVELS:
+        raise ValueError(f"unknown augmentation level {level!r}; choose from {', '.join(AUGMENT_LEVELS)}")
+    changes = {"none": _OFF, "recipe": {}, "strong": STRONG_AUGMENT}[level]
+    return dataclasses.replace(cfg, augment=dataclasses.replace(cfg.augment, **changes))
+
+
+def nested_subset(labels: list[str], n: int, seed: int) -> list[int]:
+    """Positions of the first ``n`` rows of each label in one seeded random order (so a smaller ``n``'s subset is
+    inside a larger one's); a label with fewer rows gives all of them."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(labels))
+    taken: dict[str, int] = {}
+    out = []
+    for i in order:
+        if taken.get(labels[i], 0) < n:
+            taken[labels[i]] = taken.get(labels[i], 0) + 1
+            out.append(int(i))
+    return sorted(out)
+
+
+def _score(cfg: Config, run_dir: Path, val_set: Any) -> dict[str, float]:
+    """Accuracy and the recipe's metric of ``run_dir``'s model on ``val_set``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from nfaudio.data import AudioDataset, encode_targets
+    from nfaudio.metrics import accuracy, get_metric
+    from nfaudio.rundir import RunDir
+    from nfaudio.training.losses import ClipFrameLoss
+    from nfaudio.training.trainer import evaluate
+
+    model, _ = RunDir(run_dir).load_model()
+    a = cfg.audio
+    ds = AudioDataset(val_set, sample_rate=a.sample_rate, duration=a.duration, train=False, crop=a.eval_crop)
+    loader = DataLoader(ds, batch_size=cfg.train.eval_batch_size or cfg.train.batch_size, shuffle=False)
+    loss_fn = ClipFrameLoss(cfg.loss.name, cfg.loss.frame_weight)
+    with torch.no_grad():
+        loss, probs, ids = evaluate(model, loader, loss_fn, torch.device("cpu"), cfg.activation)
+    truth = encode_targets(val_set, secondary_weight=1.0)
+    order = {r: i for i, r in enumerate(val_set.df["row_id"].astype(str))}
+    truth = truth[[order[str(r)] for r in ids]]
+    out = {"accuracy": float(accuracy(truth.argmax(1), probs)), "val_loss": float(loss)}
+    out[cfg.train.metric] = float(get_metric(cfg.train.metric)(truth > 0, probs))
+    return out
+
+
+def run(cfg: Config, out: str | os.PathLike, sizes: list[int] | None = None, models: list[str] | None = None,
+        lrs: list[float] | None = None, epochs: list[int] | None = None, augments: list[str] | None = None,
+        folds: list[int] | None = None, batch_size: int = 16, seed: int | None = None) -> Path:
+    """Train every (clips per class, model, lr, epochs, augmentation) setting on every fold; results and report.
+
+    Args:
+        cfg: the recipe (data, ``cv`` groups, audio, frontend, optimizer; ``model.pretrained`` is set to false).
+        sizes: clips per class drawn from the training groups (default 5, 10, 30).
+        folds: held-out folds (default the recipe's first two).
+        batch_size: training batch size of every cell (small sets: a few steps per epoch).
+
+    Returns:
+        The report's path.
+    """
+    import numpy as np
+
+    from nfaudio.data import load_data
+    from nfaudio.folds import assign_folds
+    from nfaudio.training.trainer import fit
+
+    seed = cfg.train.seed if seed is None else seed
+    sizes, models = list(sizes or DEFAULT_SIZES), list(models or DEFAULT_MODELS)
+    lrs, epochs = list(lrs or DEFAULT_LRS), list(epochs or DEFAULT_EPOCHS)
+    augments = list(augments or DEFAULT_AUGMENTS)
+    for level in augments:
+        augment_level(cfg, level)  # an unknown level fails before any training
+    study = Study("small-data", out, seed=seed)
+    manifest = load_data(cfg)
+    c = cfg.cv
+    fold_of_row = np.asarray(assign_folds(manifest, c.n_folds, c.strategy, c.group_column, cfg.train.seed))
+    available = sorted(int(k) for k in np.unique(fold_of_row))
+    folds = list(folds if folds is not None else (cfg.cv.folds or available[:2]))
+    unknown = sorted(set(folds) - set(available))
+    if unknown:
+        raise ValueError(f"folds {unknown} do not exist; the recipe's folds are {available}")
+    cells = [{"clips_per_class": n, "model": m, "lr": lr, "epochs": e, "augment": a, "fold": k,
+              "batch_size": batch_size}
+             for n in sizes for m in models for lr in lrs for e in epochs for a in augments for k in folds]
+
+    def measure(cell: dict[str, Any]) -> dict[str, Any]:
+        k = cell["fold"]
+        pool = manifest.subset(fold_of_row != k)
+        train_set = pool.subset(np.isin(np.arange(len(pool)), nested_subset(
+            pool.df["primary_label"].astype(str).tolist(), cell["clips_per_class"], seed + k)))
+        val_set = manifest.subset(fold_of_row == k)
+        ccfg = augment_level(cfg, cell["augment"])
+        ccfg = dataclasses.replace(
+            ccfg, model=dataclasses.replace(ccfg.model, name=cell["model"], pretrained=False),
+            optim=dataclasses.replace(ccfg.optim, lr=cell["lr"]),
+            data=dataclasses.replace(ccfg.data, num_workers=0),  # a few dozen clips: no worker start-up
+            train=dataclasses.replace(ccfg.train, epochs=cell["epochs"], batch_size=cell["batch_size"],
+                                      early_stop_patience=None, select="last", progress=False,
+                                      max_steps_per_epoch=None))
+        run_dir = study.out / "cells" / "_current"
+        shutil.rmtree(run_dir, ignore_errors=True)  # a cell killed half-way starts again
+        try:
+            result = fit(ccfg, train_set, None, run_dir, seed=seed + k)
+            scores = _score(ccfg, run_dir, val_set)
+        except (RuntimeError, ValueError) as err:
+            log.warning("cell %s failed: %s", cell, err)
+            return {"status": "failed", "error": str(err)}
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return {"status": "ok", "n_train": len(train_set), "n_val": len(val_set), "metric": cfg.train.metric,
+                **scores, "final_train_loss": result.history[-1]["train_loss"] if result.history else None,
+                "chance": 1.0 / len(manifest.classes)}
+
+    rows = study.run(cells, measure)
+    return _report(study, rows, cfg)
+
+
+_SETTING = ("clips_per_class", "model", "lr", "epochs", "augment")
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting: accuracy mean/min over its folds, ranked within each clips-per-class size."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            groups.setdefault(tuple(r[s] for s in _SETTING), []).append(r)
+    out = [{**dict(zip(_SETTING, key)), "folds": len(g), "accuracy": statistics.fmean(r["accuracy"] for r in g),
+            "accuracy_min": min(r["accuracy"] for r in g), "chance": g[0]["chance"]} for key, g in groups.items()]
+    return sorted(out, key=lambda s: (s["clips_per_class"], -s["accuracy"]))
+
+
+def _marginals(summary: list[dict[str, Any]], factor: str) -> str:
+    """Mean accuracy of each level of ``factor`` (over every other setting), per clips-per-class size."""
+    sizes = sorted({s["clips_per_class"] for s in summary})
+    levels = list(dict.fromkeys(s[factor] for s in summary))
+    table = []
+    for level in levels:
+        row: dict[str, Any] = {factor: level}
+        for n in sizes:
+            vals = [s["accuracy"] for s in summary if s[factor] == level and s["clips_per_class"] == n]
+            row[f"{n}/class"] = statistics.fmean(vals) if vals else None
+        table.append(row)
+    return markdown_table(table, [factor] + [f"{n}/class" for n in sizes], digits=3)
+
+
+def _report(study: Study, rows: list[dict[str, Any]], cfg: Config) -> Path:
+    from nfaudio.study.plots import line_plot
+
+    summary = summarise(rows)
+    best = []
+    for n in sorted({s["clips_per_class"] for s in summary}):
+        best.append(next(s for s in summary if s["clips_per_class"] == n))
+    if summary:
+        top = {tuple(s[f] for f in _SETTING[1:]) for s in best}
+        line_plot([s for s in summary if tuple(s[f] for f in _SETTING[1:]) in top], "clips_per_class", "accuracy",
+                  list(_SETTING[1:]), study.out / "accuracy_vs_clips.png",
+                  title="held-out accuracy vs clips per class (best settings)")
+    t = rows[0] if rows else {"batch_size": "?"}
+    cols = list(_SETTING) + ["folds", "accuracy", "accuracy_min", "chance"]
+    sections = [
+        ("Set-up", f"From scratch (model.pretrained false), {cfg.optim.name} with AGC {cfg.optim.agc} "
+                   f"(clip {cfg.optim.agc_clip:g}), batch {t['batch_size']}, warm-up "
+                   f"{cfg.schedule.warmup_epochs:g} epoch then cosine; no early stopping, the last epoch's model "
+                   f"scored on every clip of the held-out group (cv: {cfg.cv.strategy} on {cfg.cv.group_column}). "
+                   "Training clips: n per class drawn from the other groups (nested subsets)."),
+        ("Best setting per size", markdown_table(best, cols, digits=3)),
+        ("Mean accuracy by model", _marginals(summary, "model")),
+        ("Mean accuracy by learning rate", _marginals(summary, "lr")),
+        ("Mean accuracy by epochs", _marginals(summary, "epochs")),
+        ("Mean accuracy by augmentation", _marginals(summary, "augment")),
+        ("Every setting", markdown_table(summary, cols, digits=3)),
+        ("Plot", "![accuracy vs clips per class](accuracy_vs_clips.png)"),
+    ]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        sections.append(("Failed cells", markdown_table(failed, list(_SETTING) + ["fold", "error"])))
+    return study.write_report("small-data: training from scratch on a few clips per class", sections)
