@@ -1,6 +1,7 @@
 """Shared fixtures and helpers: a tiny synthetic BirdCLEF dataset, a tiny training recipe, small audio and CSV
 writers, a hand-made BirdCLEF folder, and two saved models with a folder of recordings to score."""
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -167,3 +168,18 @@ def exported(ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from nfaudio.export import export_onnx
 
     return export_onnx(ckpt, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+def cli_loaded_modules(args: list[str], heavy: tuple[str, ...]) -> tuple[int, list[str]]:
+    """Run ``nfaudio.cli.main(args)`` in a fresh interpreter: its exit status and which of ``heavy`` it imported."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from nfaudio.cli import main; "
+            f"rc = main({args!r}); "
+            f"print(f'{{rc}}|' + ','.join(m for m in {heavy!r} if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rc, _, loaded = out.stdout.strip().splitlines()[-1].partition("|")
+    return int(rc), [m for m in loaded.split(",") if m]

@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing as mp
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import save_tiny_model
+from conftest import cli_loaded_modules, save_tiny_model
 
 from nfaudio import export_cache
 from nfaudio.export_cache import CACHE_DIR_NAME, cached_export, checkpoint_digest
@@ -143,16 +141,11 @@ def test_a_warm_onnxruntime_prediction_imports_neither_torch_nor_timm(model_dir:
 
     assert main(["-q", "predict", str(model_dir), str(audio_dir), "--out", str(tmp_path / "cold"),
                  "--backend", "onnxruntime", "--threads", "1", "--workers", "0", "--no-progress"]) == 0
-    code = ("import sys; from nfaudio.cli import main; "
-            f"rc = main(['-q', 'predict', {str(model_dir)!r}, {str(audio_dir)!r}, '--out', "
-            f"{str(tmp_path / 'warm')!r}, '--backend', 'onnxruntime', '--threads', '1', '--workers', '0', "
-            "'--no-progress']); "
-            "heavy = ('torch', 'timm', 'librosa', 'onnx', 'nfaudio.models', 'nfaudio.export'); "
-            "print(f'{rc}|' + ','.join(m for m in heavy if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "0|"  # exit status 0, none of those modules loaded
+    rc, loaded = cli_loaded_modules(["-q", "predict", str(model_dir), str(audio_dir), "--out", str(tmp_path / "warm"),
+                                     "--backend", "onnxruntime", "--threads", "1", "--workers", "0", "--no-progress"],
+                                    ("torch", "timm", "librosa", "onnx", "nfaudio.models", "nfaudio.export"))
+    assert rc == 0
+    assert loaded == []
     cold = pd.read_csv(tmp_path / "cold" / "submission.csv")
     warm = pd.read_csv(tmp_path / "warm" / "submission.csv")
     pd.testing.assert_frame_equal(cold, warm)

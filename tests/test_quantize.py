@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_tone
+from conftest import cli_loaded_modules, write_tone
 from scipy.stats import spearmanr
 
 from nfaudio.quantize import Int8AccuracyError, Int8Options, calibration_windows, rank_correlation
@@ -175,9 +175,6 @@ def test_cli_int8_errors_are_one_line_exit_2(int8_run: Path, calib: Path, audio_
 
 def test_a_warm_int8_prediction_imports_neither_nncf_nor_torch(int8_run: Path, calib: Path, audio_dir: Path,
                                                               tmp_path: Path) -> None:
-    import os
-    import subprocess
-    import sys
 
     import pandas as pd
 
@@ -186,14 +183,9 @@ def test_a_warm_int8_prediction_imports_neither_nncf_nor_torch(int8_run: Path, c
     flags = ["--backend", "openvino", "--precision", "int8", "--calibration", str(calib), "--calibration-seconds",
              "12", "--int8-tolerance", "0.5", "--threads", "1", "--workers", "0", "--no-progress"]
     assert main(["-q", "predict", str(int8_run), str(audio_dir), "--out", str(tmp_path / "cold"), *flags]) == 0
-    code = ("import sys; from nfaudio.cli import main; "
-            f"rc = main(['-q', 'predict', {str(int8_run)!r}, {str(audio_dir)!r}, '--out', "
-            f"{str(tmp_path / 'warm')!r}, *{flags!r}]); "
-            "heavy = ('nncf', 'torch', 'timm', 'onnx', 'nfaudio.export'); "
-            "print(f'{rc}|' + ','.join(m for m in heavy if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip().splitlines()[-1] == "0|"  # exit status 0, none of those modules loaded
+    rc, loaded = cli_loaded_modules(["-q", "predict", str(int8_run), str(audio_dir), "--out", str(tmp_path / "warm"),
+                                     *flags], ("nncf", "torch", "timm", "onnx", "nfaudio.export"))
+    assert rc == 0
+    assert loaded == []
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "cold" / "submission.csv"),
                                   pd.read_csv(tmp_path / "warm" / "submission.csv"))
