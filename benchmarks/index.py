@@ -9,11 +9,17 @@ in its own child process (so each gets its own peak RSS, ``getrusage`` in the ch
   and L2-normalise them; query: one matrix-vector product and a sort, as ``search()`` does);
 - ``flat``, ``hnsw``, ``ivf``: :func:`nfaudio.embed.index.build_index` (reads the shards, builds, writes
   ``index.npz``; what ``nfaudio index build`` costs) and :meth:`VectorIndex.search` per query (the table
-  ``nfaudio search`` prints), after :meth:`VectorIndex.load` from the file.
+  ``nfaudio search`` prints), after :meth:`VectorIndex.load` from the file;
+- ``usearch``: the HNSW of the usearch library (a comparison only, not an nfaudio dependency): reads and
+  L2-normalises the shards, ``usearch.index.Index(metric="ip", dtype="f32")`` with faiss hnsw's settings
+  (connectivity 32, expansion_add 80, expansion_search 64), adds the rows (one thread), saves ``index.usearch``;
+  queries (one thread) after ``Index.restore`` from the file, the hits table built from the row keys as
+  :meth:`VectorIndex.search` does. Skipped (recorded under ``skipped``) when usearch is not installed.
 
 Query time: mean (and median) milliseconds per single query over the queries, after 5 warm-up queries, for
 the rows only and for the hits table (see :func:`child`).
-recall@10: the share of the exact top 10 that each method returns, against the numpy search.
+recall@10: the share of the exact top 10 that each method returns, against the numpy search (computed in the
+parent when ``numpy`` is not among ``--methods``).
 Writes ``benchmarks/results/index.json``.
 
 Usage:
@@ -37,7 +43,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-METHODS = ("numpy", "flat", "hnsw", "ivf")
+METHODS = ("numpy", "flat", "hnsw", "ivf", "usearch")
+HNSW = {"m": 32, "ef_construction": 80, "ef_search": 64}  # faiss hnsw and usearch alike
 TOP = 10
 
 
@@ -91,10 +98,14 @@ def child(method: str, store_dir: Path, queries: np.ndarray, threads: int, ids_o
             return np.argsort(-(emb @ exact.normalise(vec)), kind="stable")[:TOP]
 
         table_ms, _ = _time(lambda v: exact.search(store, v, TOP), vectors[:10])
+    elif method == "usearch":
+        rows, table, build, extra, vectors = _usearch(store, store_dir, threads)
+        vectors = vectors[queries]
+        table_ms, _ = _time(table, vectors)
     else:
         from nfaudio.embed import index as ix
 
-        params = {"hnsw": {"m": 32, "ef_construction": 80, "ef_search": 64}, "ivf": {}, "flat": {}}[method]
+        params = {"hnsw": HNSW, "ivf": {}, "flat": {}}[method]
         t0 = time.perf_counter()
         ix.build_index(store, method, threads=threads, **params)
         build = time.perf_counter() - t0
@@ -113,6 +124,72 @@ def child(method: str, store_dir: Path, queries: np.ndarray, threads: int, ids_o
     return {"method": method, "build_s": round(build, 3), "query_ms_mean": round(float(ms.mean()), 3),
             "query_ms_median": round(float(np.median(ms)), 3), "table_ms_mean": round(float(table_ms.mean()), 3),
             "table_queries": len(table_ms), **extra}
+
+
+def _usearch(store, store_dir: Path, threads: int):
+    """usearch HNSW: build (read, normalise, add, save), restore; returns (rows, table, build_s, extra, vectors)."""
+    import pandas as pd
+    import usearch
+    from usearch.index import Index
+
+    from nfaudio.embed import search as exact
+
+    t0 = time.perf_counter()
+    index = Index(ndim=store.dim, metric="ip", dtype="f32", connectivity=HNSW["m"],
+                  expansion_add=HNSW["ef_construction"], expansion_search=HNSW["ef_search"])
+    keys, parts, lo = [], [], 0
+    for k, v in store.iter_batches():
+        emb = np.ascontiguousarray(exact.normalise(v["embedding"]))
+        index.add(np.arange(lo, lo + len(emb), dtype=np.uint64), emb, threads=threads)
+        lo += len(emb)
+        keys.append(k)
+        parts.append(v["embedding"])
+    path = store_dir / "index.usearch"
+    index.save(str(path))
+    build = time.perf_counter() - t0
+    keys = pd.concat(keys, ignore_index=True)
+    del index
+    t1 = time.perf_counter()
+    index = Index.restore(str(path))
+    index.expansion_search = HNSW["ef_search"]
+    extra = {"params": {"connectivity": HNSW["m"], "expansion_add": HNSW["ef_construction"],
+                        "expansion_search": HNSW["ef_search"], "metric": "ip", "dtype": "f32"},
+             "load_s": round(time.perf_counter() - t1, 3),
+             "index_file_mib": round(path.stat().st_size / 2**20, 1), "usearch": usearch.__version__}
+
+    def search(vec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        m = index.search(exact.normalise(np.asarray(vec, dtype=np.float32)), TOP, threads=threads)
+        return m.distances.astype(np.float64), m.keys.astype(np.int64)  # usearch "ip": distance = 1 - dot
+
+    def rows(vec: np.ndarray) -> np.ndarray:
+        return search(vec)[1]
+
+    def table(vec: np.ndarray) -> pd.DataFrame:
+        dist, found = search(vec)
+        k = keys.iloc[found]
+        return pd.DataFrame({"rank": np.arange(1, len(found) + 1), "file": k["file"].to_numpy(),
+                             "start_s": k["start_s"].to_numpy(dtype=float),
+                             "end_s": k["end_s"].to_numpy(dtype=float), "distance": dist})
+
+    return rows, table, build, extra, np.concatenate(parts)
+
+
+def exact_top(store_dir: Path, rows: np.ndarray) -> np.ndarray:
+    """The exact top-10 rows of each query row (the numpy method's ranks), for runs without ``numpy``."""
+    from nfaudio.embed import search as exact
+    from nfaudio.embed.store import open_store
+
+    emb = exact.normalise(open_store(store_dir).embeddings())
+    return np.stack([np.argsort(-(emb @ emb[r]), kind="stable")[:TOP] for r in rows])
+
+
+def available(method: str) -> bool:
+    """Whether a method's library can be imported (usearch is optional; the others fail loudly in the child)."""
+    if method != "usearch":
+        return True
+    import importlib.util
+
+    return importlib.util.find_spec("usearch") is not None
 
 
 def run_child(method: str, store_dir: Path, queries_path: Path, threads: int, work: Path) -> dict:
@@ -142,9 +219,15 @@ def machine_info() -> dict:
         fv = faiss.__version__
     except ImportError:
         fv = None
+    try:
+        import usearch
+
+        uv = usearch.__version__
+    except ImportError:
+        uv = None
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
             "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "numpy": np.__version__,
-            "faiss": fv, "note": "the 2-core CPU dev machine (shared)"}
+            "faiss": fv, "usearch": uv, "note": "the 2-core CPU dev machine (shared)"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise", type=float, default=2.0,
                    help="noise sigma per dimension of unit-variance centres (2.0; at 0.5 every method has recall 1)")
     p.add_argument("--queries", type=int, default=200)
-    p.add_argument("--threads", type=int, default=1, help="faiss and BLAS threads per child (1)")
+    p.add_argument("--threads", type=int, default=1, help="faiss, usearch and BLAS threads per child (1)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", type=Path, default=None, help="folder for the store (default: a temporary one)")
@@ -182,8 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         write_s = make_store(store_dir, args.rows, args.dim, args.clusters, args.noise, args.seed)
         rows = np.random.default_rng(args.seed + 1).choice(args.rows, size=args.queries, replace=False)
         np.save(work / "queries.npy", rows)
-        results = {m: run_child(m, store_dir, work / "queries.npy", args.threads, work) for m in methods}
-        ref = np.load(results["numpy"]["ids"]) if "numpy" in results else None
+        skipped = {m: "usearch not installed" for m in methods if not available(m)}
+        results = {m: run_child(m, store_dir, work / "queries.npy", args.threads, work)
+                   for m in methods if m not in skipped}
+        ref = np.load(results["numpy"]["ids"]) if "numpy" in results else exact_top(store_dir, rows)
         for r in results.values():
             ids = np.load(r.pop("ids"))
             r["self_first"] = float(np.mean(ids[:, 0] == rows))  # the query window itself ranks first
@@ -198,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         "data": {"rows": args.rows, "dim": args.dim, "clusters": args.clusters, "noise_sigma": args.noise,
                  "store_write_s": round(write_s, 2), "store_mib": round(store_mib, 1)},
         "metric": "cosine; distance = 1 - cosine", "top": TOP, "methods": results,
+        "skipped": skipped,
         "loadavg_at_start": load0, "loadavg_at_end": os.getloadavg(), "seconds": round(time.time() - started, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for m, why in skipped.items():
+        print(f"{m:7s} skipped: {why}")
     for m, r in results.items():
-        print(f"{m:6s} build {r['build_s']:8.2f} s  query {r['query_ms_mean']:8.3f} ms  "
+        print(f"{m:7s} build {r['build_s']:8.2f} s  query {r['query_ms_mean']:8.3f} ms  "
               f"table {r['table_ms_mean']:8.3f} ms  "
               f"recall@10 {r.get('recall_at_10', float('nan')):.3f}  peak RSS {r['peak_rss_mib']:7.1f} MiB")
     return 0
