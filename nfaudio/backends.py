@@ -363,15 +363,17 @@ class OpenVinoScorer(_RuntimeScorer):
     Args as :class:`OnnxScorer` (``device`` is an OpenVINO device name; "auto"/"cpu" mean "CPU"; ``paths`` may
     also be OpenVINO IR ``.xml`` files), plus ``precision``: "fp32" (default; matches torch), "bf16"
     (``INFERENCE_PRECISION_HINT=bf16``: about 2x faster on CPUs with AVX512-BF16/AMX, probabilities within ~0.02
-    of fp32) or "int8" (the graphs given are int8 models, :mod:`nfaudio.quantize`; run as they are).
+    of fp32) or "int8" (int8 graphs, :mod:`nfaudio.quantize`), and ``cache_blobs``: compiled graphs kept on disk
+    beside the graphs and imported next time (:mod:`nfaudio.ov_blobs`).
     """
 
     name = "openvino"
 
     def __init__(self, paths: Sequence[str | os.PathLike], activation: str, sample_rate: int, device: str = "cpu",
                  threads: int | None = None, precision: str = "fp32",
-                 frontends: Sequence[str | os.PathLike | None] | None = None) -> None:
+                 frontends: Sequence[str | os.PathLike | None] | None = None, cache_blobs: bool = False) -> None:
         super().__init__(paths, activation, sample_rate, frontends)
+        self._cache_blobs = cache_blobs
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self._core = openvino_core()
@@ -388,6 +390,9 @@ class OpenVinoScorer(_RuntimeScorer):
                                      if "embedding" in o.get_names()), 0) for c in self.compiled]
 
     def _load(self, path: str) -> Any:
+        if self._cache_blobs:
+            from nfaudio.ov_blobs import compile_cached
+            return compile_cached(self._core, path, self._target, self._config)
         return self._core.compile_model(path, self._target, self._config)
 
     def _run(self, graph: Any, x: np.ndarray, names: Sequence[str]) -> list[np.ndarray]:

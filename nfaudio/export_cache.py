@@ -225,7 +225,9 @@ def load_runtime_scorer(paths: Sequence[str | os.PathLike], backend: str, device
             files.append(entry.body)
         frontends.append(frontend)
         metas.append(entry.meta)
-    extra = {"precision": precision} if backend == "openvino" else {}
+    # compiled OpenVINO graphs are kept beside the cache's graphs, never beside a user's .onnx files
+    extra = {"precision": precision, "cache_blobs": not any(Path(p).suffix == ".onnx" for p in paths)
+             } if backend == "openvino" else {}
     scorer = runtimes[backend](files, metas[0].get("activation", "sigmoid"), metas[0]["sample_rate"], device,
                                threads, frontends=frontends, **extra)
     return scorer, metas

@@ -6,6 +6,7 @@ weight-standardized convolutions."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -104,8 +105,12 @@ def test_int8_scores_are_close_to_fp32_and_the_guard_passes_a_loose_tolerance(in
     assert predictor.scorer.paths[0].endswith("body.xml")
     got = predictor.predict([audio_dir])
     assert got.index.equals(ref.index)
-    np.testing.assert_allclose(got.to_numpy(), ref.to_numpy(), atol=0.05)
-    assert np.abs(got.to_numpy() - ref.to_numpy()).max() > 0  # it is the int8 model that scored
+    # int8 kernels differ by CPU (VNNI or not), so the bound is the guard's own figure on like audio (the
+    # calibration tones), not a constant measured on one machine; 0.2 caps it for this tiny model everywhere
+    guard = json.loads((Path(predictor.scorer.paths[0]).parent / "meta.json").read_text())["max_abs_diff"]
+    diff = float(np.abs(got.to_numpy() - ref.to_numpy()).max())
+    print(f"int8 vs fp32: max diff {diff:.4f} on the audio, {guard:.4f} on the calibration windows")
+    assert 0 < diff <= min(0.2, max(0.05, 1.5 * guard))  # > 0: it is the int8 model that scored
 
 
 def test_the_guard_refuses_a_too_tight_tolerance_and_warns_with_warn(int8_run: Path, calib: Path,
@@ -132,7 +137,9 @@ def test_the_int8_model_is_cached_by_checkpoint_and_calibration_set(int8_run: Pa
     files = sorted(calib.glob("*.wav"))
     first = quantized_body(entry, files, seconds=12.0, threads=1)
     assert first.folder.parent == entry.folder
-    assert sorted(p.name for p in first.folder.iterdir()) == ["body.bin", "body.xml", "meta.json"]
+    # (an openvino/ folder of compiled blobs may sit beside them, nfaudio.ov_blobs)
+    assert sorted(p.name for p in first.folder.iterdir() if p.name != "openvino") == ["body.bin", "body.xml",
+                                                                                      "meta.json"]
     meta = json.loads((first.folder / "meta.json").read_text())
     assert meta["calibration"]["windows"] == 12
     assert len(meta["spearman"]) == len(entry.meta["classes"])
