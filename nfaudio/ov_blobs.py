@@ -16,6 +16,7 @@ when a new one is written (one blob per graph, however the settings alternate).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 BLOB_DIR_NAME = "openvino"
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_signature() -> str:
-    """The CPU's instruction-set flags (``/proc/cpuinfo``), else the platform's processor name."""
+    """The CPU's instruction-set flags (``/proc/cpuinfo``), else the platform's processor name; read once per
+    process (every graph of an ensemble asks, and a many-core node's cpuinfo is large)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
             for line in fh:
@@ -72,6 +75,8 @@ def compile_cached(core: Any, graph: str | os.PathLike, device: str, config: dic
     compiled = core.compile_model(str(graph), device, config)
     try:
         blob.parent.mkdir(parents=True, exist_ok=True)
+        # a unique temporary name, not fileio.atomic_open's fixed one: workers of one ensemble on a cluster may
+        # write the same blob at once, and each must rename only its own complete file
         fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=f".{blob.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
