@@ -1,5 +1,7 @@
-"""Atomic file writes: every output nfaudio writes goes to ``<name>.nfaudio-tmp`` first and is renamed into
-place only when complete, so a killed job never leaves a half-written checkpoint, table or config behind.
+"""Atomic file writes: every output nfaudio writes goes to ``<name>.<unique>.nfaudio-tmp`` first and is renamed
+into place only when complete, so a killed job never leaves a half-written checkpoint, table or config behind, and
+processes writing the same file at once (parallel fold processes on one ``--out``, cluster workers) each rename
+their own whole copy: the last rename wins and none fails.
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,11 +25,14 @@ TMP_SUFFIX = ".nfaudio-tmp"  # files being written; a leftover one is from a kil
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` when the block succeeds.
 
-    The parent folder is created. On an exception the temporary file is removed and ``path`` is untouched.
+    The parent folder is created. On an exception the temporary file is removed and ``path`` is untouched. The
+    temporary name is unique to this call (process id and a random part, ending in :data:`TMP_SUFFIX`), so
+    concurrent writers of one ``path`` never rename or remove each other's file. It is only named, not created:
+    the writer creates it with the process's usual permissions.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + TMP_SUFFIX)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}{TMP_SUFFIX}")
     try:
         yield tmp
         os.replace(tmp, path)

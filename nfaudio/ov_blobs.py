@@ -22,9 +22,10 @@ import json
 import logging
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from nfaudio.fileio import atomic_open
 
 __all__ = ["BLOB_DIR_NAME", "blob_path", "compile_cached", "cpu_signature"]
 
@@ -74,18 +75,9 @@ def compile_cached(core: Any, graph: str | os.PathLike, device: str, config: dic
             log.warning("%s: cannot import the compiled model (%s); compiling %s again", blob, exc, graph)
     compiled = core.compile_model(str(graph), device, config)
     try:
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        # a unique temporary name, not fileio.atomic_open's fixed one: workers of one ensemble on a cluster may
-        # write the same blob at once, and each must rename only its own complete file
-        fd, tmp = tempfile.mkstemp(dir=blob.parent, prefix=f".{blob.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                data = compiled.export_model()  # bytes, or a BytesIO in newer OpenVINO
-                fh.write(data.getvalue() if hasattr(data, "getvalue") else data)
-            os.replace(tmp, blob)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(blob, "wb") as fh:  # a unique temporary per writer: cluster workers may write one blob
+            data = compiled.export_model()  # bytes, or a BytesIO in newer OpenVINO
+            fh.write(data.getvalue() if hasattr(data, "getvalue") else data)
         for old in blob.parent.glob(f"{Path(graph).stem}-*.blob"):
             if old != blob and len(old.stem) == len(blob.stem):
                 old.unlink(missing_ok=True)

@@ -36,7 +36,20 @@ def test_writers_round_trip_and_create_parents(tmp_path):
 def test_atomic_path_renames_only_on_success(tmp_path):
     target = tmp_path / "f.bin"
     with atomic_path(target) as tmp:
-        assert tmp.name == "f.bin" + TMP_SUFFIX
+        assert tmp.name.startswith("f.bin.") and tmp.name.endswith(TMP_SUFFIX)
         tmp.write_bytes(b"123")
         assert not target.exists()
     assert target.read_bytes() == b"123"
+
+
+def test_concurrent_writers_of_one_file_each_rename_their_own_copy(tmp_path):
+    """Two writers of one path interleaved (parallel fold processes writing one --out's config): with a shared
+    temporary name the second rename found nothing (FileNotFoundError, a CI failure); now each renames its own."""
+    target = tmp_path / "config.yaml"
+    with atomic_open(target) as outer:
+        outer.write("outer")
+        with atomic_open(target) as inner:
+            inner.write("inner")
+        assert target.read_text() == "inner"
+    assert target.read_text() == "outer"  # the last rename wins, whole
+    assert list(tmp_path.iterdir()) == [target]

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from nfaudio.fileio import TMP_SUFFIX
 from nfaudio.export_cache import cached_export
 from nfaudio.ov_blobs import BLOB_DIR_NAME, blob_path, compile_cached, cpu_signature
 from nfaudio.predict import Predictor
@@ -63,7 +64,7 @@ def test_the_first_load_writes_a_blob_and_the_second_imports_it_with_equal_outpu
     second = compile_cached(core, entry.body, "CPU", CONFIG)
     assert (core.compiled, core.imported) == (1, 1)
     np.testing.assert_array_equal(second(spec)[second.output("clip")], first(spec)[first.output("clip")])
-    assert not [p for p in blob.parent.iterdir() if p.suffix == ".tmp"]
+    assert not [p for p in blob.parent.iterdir() if p.name.endswith((".tmp", TMP_SUFFIX))]
 
 
 def test_a_damaged_blob_is_compiled_again_and_replaced(entry, caplog: pytest.LogCaptureFixture) -> None:
