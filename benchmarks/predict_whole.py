@@ -16,10 +16,11 @@ recording, and reports x real time of the process's wall clock:
   figures (max |int8 - fp32| probability and per-class Spearman on the calibration windows) are recorded, and so
   are the same figures on the benchmark recording (int8 warm vs openvino warm).
 
-Thread cases (openvino, warm): the thread policy's default gives the model the usable cores minus the decode
-worker (1 thread on 2 cores); ``all cores + decode worker`` gives the model every core beside the worker (whose
-decoding is light next to an eca_nfnet_l0), ``all cores, inline decode`` decodes in the scoring process; for the
-eca ensemble also int8 with every core. ``roofline``: the GFLOP of one window through each member (torch's
+Thread cases (openvino, warm): the thread policy's default for prediction gives the model every usable core with
+the decode worker beside it (:func:`nfaudio.runtime.inference_threads`); ``1 thread + decode worker`` is the
+training rule (usable cores minus the workers: 1 thread on 2 cores), prediction's default until the runs here showed it
+idling a core; ``all cores, inline decode`` decodes in the scoring process; for the eca ensemble also int8 at 1
+thread. ``roofline``: the GFLOP of one window through each member (torch's
 FlopCounterMode), the fp32 matrix-product peak measured in this run at 1 thread and at every core, the GFLOP/s
 each run's scoring reached and its share of that peak, and the x real time scoring would reach at 100% of the
 peak (what no fp32 backend can pass on this machine).
@@ -138,10 +139,10 @@ CASES = {"torch": [("shared", True, False, "fp32"), ("unshared", False, False, "
                       ("int8 warm", True, False, "int8")]}
 
 
-# the thread policy's default (1 inference thread beside 1 decode worker on 2 cores) against every core for the
-# model, with the decode worker beside it (oversubscribed by the light decode work) or decoding inline
-THREAD_CASES = [("warm, all cores + decode worker", "fp32", 1), ("warm, all cores, inline decode", "fp32", 0),
-                ("int8 warm, all cores + decode worker", "int8", 1)]
+# the thread policy's default (every core beside 1 decode worker) against the training rule (usable cores minus the
+# decode worker: 1 thread on 2 cores) and against decoding inline; (case, precision, decode workers, threads; 0: all)
+THREAD_CASES = [("warm, 1 thread + decode worker", "fp32", 1, 1), ("warm, all cores, inline decode", "fp32", 0, 0),
+                ("int8 warm, 1 thread + decode worker", "int8", 1, 1)]
 
 
 def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -253,7 +254,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--work", type=Path, default=Path("/tmp/nfaudio-bench-whole"))
     p.add_argument("--threads", type=int, default=0,
-                   help="inference threads (default 0: the thread policy, usable cores minus the 1 decode worker)")
+                   help="inference threads (default 0: the thread policy, every usable core beside the decode worker)")
     p.add_argument("--backends", default="torch,onnxruntime,openvino")
     p.add_argument("--eca", action="store_true", help="also the 5-fold eca_nfnet_l0 ensemble (minutes)")
     p.add_argument("--small", default="1", help="0: leave out the two small ensembles")
@@ -299,10 +300,10 @@ def main() -> None:
                         audio_s, precision, calib)
                 runs.append({"ensemble": ens, "backend": backend, "case": case, **r})
             if backend == "openvino":
-                for case, precision, workers in THREAD_CASES if ens.endswith("eca_nfnet_l0") else THREAD_CASES[:2]:
+                for case, precision, workers, n in THREAD_CASES if ens.endswith("eca_nfnet_l0") else THREAD_CASES[:2]:
                     print(f"{ens} {backend} {case} ...", file=sys.stderr)
                     r = run(model, audio, args.work / "out" / f"{ens}-{backend}-{case}", backend, True,
-                            len(os.sched_getaffinity(0)), audio_s, precision, calib, workers)
+                            n or len(os.sched_getaffinity(0)), audio_s, precision, calib, workers)
                     runs.append({"ensemble": ens, "backend": backend, "case": case, **r})
                 try:
                     int8[ens] = int8_figures(model, args.work / "out", ens)

@@ -4,7 +4,7 @@ Three exist: ``torch`` (:class:`TorchScorer`, the reference), ``onnxruntime`` (:
 ``openvino`` (:class:`OpenVinoScorer`, optional extra). The last two run graphs written by
 :func:`nfaudio.export.export_onnx` (waveform in, clip and frame logits out), or the frontend / body pairs of
 :func:`nfaudio.export.export_parts` that the export cache holds. Their intra-op threads come from the one thread
-policy (:func:`nfaudio.runtime.intra_op_threads`) when the caller passes ``threads``.
+policy for prediction (:func:`nfaudio.runtime.inference_threads`) when the caller passes ``threads``.
 
 Shared frontend: the members of an ensemble whose log-mel frontends are the same (settings and buffers; e.g. the
 folds of a CV run) compute the spectrogram of a batch once; each member then runs only its backbone and head.

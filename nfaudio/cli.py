@@ -43,7 +43,7 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
                    help="last window: zero-pad a partial one (pad), drop it, or shift it back to end at the file end")
     p.add_argument("--workers", type=int, default=None, help="decode processes (1; 0: decode in the main process)")
     p.add_argument("--threads", type=int, default=None,
-                   help="inference threads (default: usable cores minus decode workers, at least 1)")
+                   help="inference threads (default: every usable core; decode workers run beside them)")
 
 
 def build_parser() -> argparse.ArgumentParser:

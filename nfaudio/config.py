@@ -221,8 +221,8 @@ class PredictConfig:
     """Sliding-window prediction over long recordings: every option of ``nfaudio predict`` (flag ``--top-k`` is key
     ``top_k``), whose defaults come from the run's ``config.yaml`` (command-line flags win). ``window: null`` means
     the training duration, ``hop: null`` the window (or ``window - overlap``), ``threads: null`` the thread
-    policy's default (:func:`nfaudio.runtime.intra_op_threads`; one per task on a Dask cluster), ``decode_timeout:
-    null`` no decoder timeout, ``cluster: null`` this machine (else a Dask cluster spec,
+    policy's default (:func:`nfaudio.runtime.inference_threads`, every usable core; one per task on a Dask
+    cluster), ``decode_timeout: null`` no decoder timeout, ``cluster: null`` this machine (else a Dask cluster spec,
     :func:`nfaudio.cluster.connect`)."""
 
     window: float | None = None

@@ -49,7 +49,7 @@ from nfaudio.inputs import list_audio
 from nfaudio.predict_run import RunSummary, run_prediction
 from nfaudio.quantize import Int8Options
 from nfaudio.rundir import find_checkpoints
-from nfaudio.runtime import intra_op_threads, resolve_device, torch_threads
+from nfaudio.runtime import inference_threads, resolve_device, torch_threads
 
 if TYPE_CHECKING:
     import torch
@@ -103,8 +103,8 @@ class Predictor:
             (zeros before the start / after the end). Needs ``|shift| <= hop <= window``.
         smoothing: neighbour-smoothing weight in ``[0, 0.5]`` (:func:`smooth_neighbours`), applied per file.
         num_workers: decode processes feeding the model; 0 decodes in the calling process.
-        threads: torch intra-op threads while scoring (default: the thread policy,
-            :func:`nfaudio.runtime.intra_op_threads`: usable cores minus ``num_workers``, at least 1).
+        threads: torch intra-op threads while scoring (default: the thread policy for prediction,
+            :func:`nfaudio.runtime.inference_threads`: every usable core, decode workers beside them).
         min_duration: files shorter than this (seconds) are skipped as errors.
         decode_timeout: a decode worker that has not finished a file after ``decode_timeout +
             decode_timeout_factor * duration`` seconds of waiting for it is killed and restarted, and the file
@@ -143,7 +143,7 @@ class Predictor:
         self.tta_shifts = tuple(float(s) for s in tta_shifts if s != 0)
         self.smoothing = float(smoothing)
         self.num_workers = int(num_workers)
-        self.threads = intra_op_threads(threads, workers=self.num_workers)
+        self.threads = inference_threads(threads)
         self.min_duration = float(min_duration)
         self.decode_timeout = None if decode_timeout is None else float(decode_timeout)
         self.decode_timeout_factor = float(decode_timeout_factor)
@@ -179,7 +179,7 @@ class Predictor:
                 graphs of ``.pt`` files, built on first use: :mod:`nfaudio.export_cache`).
             device: "auto", "cpu", "cuda", ...
             threads: intra-op threads of the backend, torch, onnxruntime or OpenVINO alike (default: the thread
-                policy, :func:`nfaudio.runtime.intra_op_threads`).
+                policy for prediction, :func:`nfaudio.runtime.inference_threads`: every usable core).
             precision: "fp32", or with the openvino backend "bf16" (faster, approximate) or "int8" (quantized,
                 calibrated and guarded by ``int8``: :mod:`nfaudio.quantize`).
             share_frontend: members with the same frontend compute the log-mel once per batch (default; the
@@ -195,7 +195,7 @@ class Predictor:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         args = (str(Path(path).resolve()), dict(backend=backend, device=device, threads=threads, precision=precision,
                                                  share_frontend=share_frontend, int8=int8, **kwargs))
-        threads = intra_op_threads(threads, workers=int(kwargs.get("num_workers", 1)))
+        threads = inference_threads(threads)
         paths = find_checkpoints(path)
         if backend == "torch":
             if precision != "fp32":

@@ -4,10 +4,14 @@ A library function that is handed a user's model (the predictor, the exporter, l
 paths) scores it in eval mode and leaves it as it found it: :func:`eval_mode` switches every submodule to eval
 for the duration of a block and restores each one's own ``training`` flag afterwards.
 
-Threads: one policy for torch, onnxruntime and OpenVINO. :func:`intra_op_threads` gives the intra-op thread
-count: an explicit number wins, else the usable cores minus the worker processes (DataLoader or decode
-workers) that run beside the model, at least one, so model threads and workers do not oversubscribe a small
-CPU. :func:`torch_threads` applies a count to torch for one block and restores the caller's setting.
+Threads: one policy for torch, onnxruntime and OpenVINO, an explicit number always winning. Training
+(:func:`intra_op_threads`) gives the model the usable cores minus its DataLoader workers, at least one: those
+workers decode, resample and augment every step and are busy all the time, so a core each keeps them and the
+model threads from oversubscribing a small CPU. Prediction (:func:`inference_threads`) gives the model every
+usable core: its decode workers only read and cut audio, light next to the model, and block while the model
+works, so a core held back for them is mostly idle (on 2 cores, 1 thread beside 1 decode worker scored a
+5-fold eca_nfnet_l0 ensemble at 6.8x real time, 2 threads at 9.5x; ``benchmarks/predict_whole.py``).
+:func:`torch_threads` applies a count to torch for one block and restores the caller's setting.
 
 torch is imported inside the functions that need it, so the thread policy costs nothing to a process that runs
 onnxruntime or OpenVINO only (``nfaudio predict --backend onnxruntime`` with a cached export never loads torch).
@@ -24,8 +28,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["eval_mode", "intra_op_threads", "module_device", "resolve_device", "same_device", "torch_threads",
-           "usable_cores"]
+__all__ = ["eval_mode", "inference_threads", "intra_op_threads", "module_device", "resolve_device", "same_device",
+           "torch_threads", "usable_cores"]
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -111,6 +115,28 @@ def intra_op_threads(requested: int | None = None, workers: int = 0) -> int:
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
     return max(1, usable_cores() - workers)
+
+
+def inference_threads(requested: int | None = None) -> int:
+    """The intra-op thread count of a predictor's backend (torch, onnxruntime or OpenVINO): every usable core.
+
+    Decode workers are not subtracted (as :func:`intra_op_threads` does for training): they block on their
+    pipe while the model scores, so when the model is the heavy part, which is when speed matters, a held-back
+    core idles. Measured on 2 cores, one decode worker beside (``benchmarks/predict_whole.py``): a 5-fold
+    eca_nfnet_l0 ensemble 6.8x -> 9.5x real time, the demo's 2-fold nfaudio_small 158x -> 190x; only an
+    ensemble so light that decoding is a large share of its time loses (5 folds of the 0.03M-parameter
+    nfaudio_tiny: 191x -> 164x); ``threads`` (``--threads 1``) restores the old split for such a case.
+
+    Args:
+        requested: an explicit count; wins when given.
+
+    Returns:
+        ``requested``, else :func:`usable_cores`.
+
+    Raises:
+        ValueError: ``requested`` is below 1.
+    """
+    return intra_op_threads(requested, workers=0)
 
 
 @contextlib.contextmanager

@@ -36,7 +36,8 @@ def test_writers_round_trip_and_create_parents(tmp_path):
 def test_atomic_path_renames_only_on_success(tmp_path):
     target = tmp_path / "f.bin"
     with atomic_path(target) as tmp:
-        assert tmp.name.startswith("f.bin.") and tmp.name.endswith(TMP_SUFFIX)
+        assert tmp.name.startswith("f.bin.")
+        assert tmp.name.endswith(TMP_SUFFIX)
         tmp.write_bytes(b"123")
         assert not target.exists()
     assert target.read_bytes() == b"123"

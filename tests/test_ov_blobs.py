@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nfaudio.fileio import TMP_SUFFIX
 from nfaudio.export_cache import cached_export
+from nfaudio.fileio import TMP_SUFFIX
 from nfaudio.ov_blobs import BLOB_DIR_NAME, blob_path, compile_cached, cpu_signature
 from nfaudio.predict import Predictor
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from nfaudio import runtime
-from nfaudio.runtime import eval_mode, intra_op_threads, same_device, torch_threads, usable_cores
+from nfaudio.runtime import eval_mode, inference_threads, intra_op_threads, same_device, torch_threads, usable_cores
 
 
 @pytest.fixture
@@ -38,6 +38,26 @@ def test_explicit_threads_win(four_cores):
     assert intra_op_threads(7) == 7
     assert intra_op_threads(1, workers=16) == 1
     assert intra_op_threads(2, workers=0) == 2
+
+
+def test_inference_threads_are_every_usable_core_unless_given(four_cores):
+    assert inference_threads() == 4
+    assert inference_threads(1) == 1
+    with pytest.raises(ValueError, match="0"):
+        inference_threads(0)
+
+
+@pytest.mark.parametrize("workers", [0, 1, 3])
+def test_a_predictor_gives_the_model_every_core_beside_its_decode_workers(four_cores, workers):
+    """Prediction's decode workers do not take a core from the model (training's DataLoader workers do)."""
+    from conftest import CLASSES, FRONTEND, recipe_model
+
+    from nfaudio.predict import Predictor
+
+    model = recipe_model(len(CLASSES), FRONTEND, seed=0)
+    assert Predictor(model, CLASSES, window=1.0, num_workers=workers).threads == 4
+    assert Predictor(model, CLASSES, window=1.0, num_workers=workers, threads=2).threads == 2
+    assert intra_op_threads(workers=workers) == 4 - workers  # the training rule is unchanged
 
 
 @pytest.mark.parametrize("bad", [0, -3])
@@ -106,5 +126,5 @@ def test_same_device_cpu():
 
 
 def test_public_names():
-    for name in ("usable_cores", "intra_op_threads", "torch_threads", "eval_mode", "same_device"):
+    for name in ("usable_cores", "inference_threads", "intra_op_threads", "torch_threads", "eval_mode", "same_device"):
         assert name in runtime.__all__
