@@ -52,7 +52,14 @@ def add_parsers(sub: argparse._SubParsersAction, add_recipe_args: Callable) -> N
     p.add_argument("--clips", type=_floats, default=None, help="agc: AGC thresholds (0.01,0.04,0.16)")
     p.add_argument("--grad-norms", type=_floats, default=None, help="agc: plain clip_grad_norm thresholds (1.0)")
     p.add_argument("--epochs", type=_ints, default=None,
-                   help="agc: epochs per cell (2); small-data: comma-separated epoch counts (10,40)")
+                   help="agc: epochs per cell (2); compare: epochs per fold for every model (default: the "
+                        "recipe's); small-data: comma-separated epoch counts, the same for every set size, "
+                        "instead of --steps")
+    p.add_argument("--steps", type=_ints, default=None,
+                   help="small-data: comma-separated budgets in optimizer steps, epochs per set size from them "
+                        "(300,1000)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="small-data: leave out the classical baseline (log-mel statistics + logistic regression)")
     p.add_argument("--max-steps", type=int, default=10, help="agc: steps per epoch at most (10; 0: all)")
     p.add_argument("--folds", type=_ints, default=None,
                    help="compare: folds to train (default the recipe's cv.folds or all); small-data: held-out "
@@ -66,7 +73,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_recipe_args: Callable) -> N
     p.add_argument("--batch-size", type=int, default=16, help="small-data: training batch size (16)")
     p.add_argument("--full", action="store_true",
                    help="the full-size grid (bn-cost: all pairs, batch 8-64; agc: batch 16-512, thresholds "
-                        "0.01-0.16; compare: the GPU-sized models too; small-data: 4 lrs, 4 epoch counts, 3 "
+                        "0.01-0.16; compare: the GPU-sized models too; small-data: 4 lrs, 4 step budgets, 3 "
                         "augmentation levels)")
 
 
@@ -94,13 +101,17 @@ def _cmd_study(args: argparse.Namespace) -> int:
         models = args.models
         if args.full or models == ["full"]:
             models = list(module.FULL_MODELS) if models in (None, ["full"]) else models
-        report = module.run(cfg, args.out, models=models, folds=args.folds, budget_seconds=args.budget_seconds)
+        if args.epochs and len(args.epochs) > 1:
+            raise ValueError("compare takes one --epochs value (the budget of every model)")
+        report = module.run(cfg, args.out, models=models, folds=args.folds, budget_seconds=args.budget_seconds,
+                            epochs=args.epochs[0] if args.epochs else None)
     else:
         report = module.run(cfg, args.out, sizes=args.sizes, models=args.models,
                             lrs=args.lrs or (list(module.FULL_LRS) if args.full else None),
-                            epochs=args.epochs or (list(module.FULL_EPOCHS) if args.full else None),
+                            epochs=args.epochs,
+                            steps=args.steps or (list(module.FULL_STEPS) if args.full and not args.epochs else None),
                             augments=args.augments or (list(module.FULL_AUGMENTS) if args.full else None),
-                            folds=args.folds, batch_size=args.batch_size)
+                            folds=args.folds, batch_size=args.batch_size, baseline=not args.no_baseline)
     print(f"report in {report}")
     return 0
 

@@ -264,6 +264,22 @@ def test_compare_per_fold_scores_are_the_cv_runs_and_resume_skips(tone_manifest,
     assert json.loads((tmp_path / "cmp" / "results.json").read_text()) == rows
 
 
+def test_compare_epoch_budget_trains_every_model_that_many_epochs_and_scores_the_last(tone_manifest, tmp_path):
+    import pandas as pd
+
+    from nfaudio.study import compare
+
+    cfg = _tone_recipe(tone_manifest, train={"early_stop_patience": 1})
+    with pytest.raises(ValueError, match="not both"):
+        compare.run(cfg, tmp_path / "both", models=["nfaudio_tiny"], folds=[0], budget_seconds=5.0, epochs=2)
+    report = compare.run(cfg, tmp_path / "cmp", models=["nfaudio_tiny"], folds=[0], epochs=3)
+    (row,) = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert (row["status"], row["epochs"], row["budget_epochs"]) == ("ok", 3, 3)
+    history = pd.read_csv(tmp_path / "cmp" / "cv" / "nfaudio_tiny" / "fold0" / "history.csv")
+    assert len(history) == 3  # early stopping off under a fixed budget
+    assert "3 epochs for every model" in report.read_text()
+
+
 def test_compare_budget_schedule():
     from nfaudio.study.compare import budget_schedule
 
@@ -289,12 +305,22 @@ def test_small_data_nested_subsets_and_augment_levels(tone_manifest):
         augment_level(cfg, "loud")
 
 
+def test_small_data_step_budget_gives_every_set_size_the_same_steps():
+    from nfaudio.study.small_data import epochs_for_steps
+
+    assert epochs_for_steps(300, 50, 16) == 100  # 3 steps an epoch (the last partial batch is dropped)
+    assert epochs_for_steps(300, 100, 16) == 50  # 6 steps an epoch
+    assert epochs_for_steps(301, 100, 16) == 51  # at least the budget
+    assert epochs_for_steps(300, 10, 16) == 300  # one (partial) batch: one step an epoch
+    assert epochs_for_steps(1, 300, 16) == 1
+
+
 def test_small_data_grid_holds_out_a_speaker_and_resumes(tone_manifest, tmp_path, monkeypatch):
     from nfaudio.study import small_data
 
     cfg = _tone_recipe(tone_manifest)
-    kwargs = dict(sizes=[1, 2], models=["nfaudio_tiny"], lrs=[3e-3], epochs=[1], augments=["none"], folds=[0],
-                  batch_size=4)
+    kwargs = dict(sizes=[1, 2], models=["nfaudio_tiny"], lrs=[3e-3], steps=[5], augments=["none"], folds=[0],
+                  batch_size=2)
     seen = []
     from nfaudio.training import trainer
 
@@ -302,14 +328,20 @@ def test_small_data_grid_holds_out_a_speaker_and_resumes(tone_manifest, tmp_path
 
     def spy(c, train_set, val_set, out_dir, **kw):
         seen.append((sorted(train_set.df["group"].unique()), train_set.df["primary_label"].value_counts().to_dict(),
-                     c.model.pretrained, c.train.select))
+                     c.model.pretrained, c.train.select, c.train.epochs))
         return orig(c, train_set, val_set, out_dir, **kw)
 
     monkeypatch.setattr(trainer, "fit", spy)
     report = small_data.run(cfg, tmp_path / "sd", **kwargs)
     rows = json.loads((tmp_path / "sd" / "results.json").read_text())
-    assert [(r["clips_per_class"], r["n_train"], r["n_val"], r["status"]) for r in rows] == [(1, 3, 12, "ok"),
+    nets = [r for r in rows if r["model"] != small_data.BASELINE]
+    assert [(r["clips_per_class"], r["n_train"], r["n_val"], r["status"]) for r in nets] == [(1, 3, 12, "ok"),
                                                                                               (2, 6, 12, "ok")]
+    # 5 steps: 3 clips at batch 2 are 1 step an epoch (5 epochs), 6 clips 3 steps an epoch (2 epochs, 6 steps)
+    assert [s[-1] for s in seen] == [5, 2]
+    assert [(r["epochs_run"], r["steps_run"]) for r in nets] == [(5, 5), (2, 6)]
+    history = (tmp_path / "sd" / "results.json").read_text()
+    assert history.count('"logmel_logreg"') == 2  # the baseline once per (size, fold)
     from nfaudio.data import load_data
     from nfaudio.folds import assign_folds
 
@@ -318,12 +350,51 @@ def test_small_data_grid_holds_out_a_speaker_and_resumes(tone_manifest, tmp_path
     (held_out,) = set(manifest.df["group"][folds == 0])  # fold 0 is one speaker, its 12 clips the validation set
     assert all(held_out not in groups for groups, *_ in seen)
     assert seen[1][1] == {"low": 2, "mid": 2, "high": 2}
-    assert all(pretrained is False and select == "last" for *_, pretrained, select in seen)
+    assert all(pretrained is False and select == "last" for *_, pretrained, select, _ in seen)
     assert all(0.0 <= r["accuracy"] <= 1.0 and r["chance"] == pytest.approx(1 / 3) for r in rows)
     assert "Best setting per size" in report.read_text()
+    assert "| 2 | nfaudio_tiny / 0.003 / 5 / none |" in report.read_text()  # best net vs the baseline
     n_calls = len(seen)
     small_data.run(cfg, tmp_path / "sd", **kwargs)
     assert len(seen) == n_calls  # resumed: nothing retrained
+
+
+def test_small_data_baseline_is_logmel_statistics_and_logistic_regression(tone_manifest, tmp_path):
+    """The baseline's features against a hand computation (the frontend clip by clip, numpy statistics) and its
+    accuracy against the same scikit-learn pipeline fitted by hand on the same clips."""
+    import numpy as np
+    import soundfile as sf
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from nfaudio.data import AudioDataset, load_data
+    from nfaudio.folds import assign_folds
+    from nfaudio.frontend import LogMel
+    from nfaudio.study import small_data
+    from nfaudio.training.build import frontend_kwargs
+
+    cfg = _tone_recipe(tone_manifest)
+    manifest = load_data(cfg)
+    ds = AudioDataset(manifest, sample_rate=8000, duration=0.5, train=False, crop="start")
+    feats = small_data.logmel_features(cfg, ds, batch_size=5)
+    frontend = LogMel(**frontend_kwargs(cfg))
+    for i, path in enumerate(manifest.df["path"]):
+        spec = frontend(torch.from_numpy(sf.read(path, dtype="float32")[0])[None])[0, 0].double().numpy()
+        np.testing.assert_allclose(feats[i], np.r_[spec.mean(1), spec.std(1, ddof=1)], rtol=1e-5, atol=1e-5)
+
+    small_data.run(cfg, tmp_path / "sd", sizes=[2], models=["nfaudio_tiny"], lrs=[3e-3], steps=[1],
+                   augments=["none"], folds=[1], batch_size=2)
+    (row,) = [r for r in json.loads((tmp_path / "sd" / "results.json").read_text()) if r["model"] == "logmel_logreg"]
+    folds = np.asarray(assign_folds(manifest, cfg.cv.n_folds, "logo", "group", cfg.train.seed))
+    pool = np.flatnonzero(folds != 1)
+    train = pool[small_data.nested_subset(manifest.df["primary_label"].iloc[pool].tolist(), 2, cfg.train.seed + 1)]
+    val = np.flatnonzero(folds == 1)
+    labels = manifest.df["primary_label"].to_numpy()
+    clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(feats[train], labels[train])
+    assert row["n_train"] == len(train) == 6
+    assert row["accuracy"] == pytest.approx(float(np.mean(clf.predict(feats[val]) == labels[val])))
 
 
 def _tone_folder(root: Path, per_class: int, sr: int = 16000, seconds: float = 1.0) -> Path:

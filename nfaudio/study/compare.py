@@ -2,9 +2,10 @@
 
 The practitioner's first question after Brock et al. 2021: on my audio, at my budget, which backbone? Every model
 is trained through the same recipe and the same cross-validation folds (:func:`nfaudio.cv.run_cv`, one CV run
-directory per model under ``OUT/cv/<model>``), with one budget: the recipe's epochs, or a wall-clock budget per
-fold (``budget_seconds``) turned into a step count from the model's measured training-step time (calibrated once
-per model, kept in ``OUT/calibration.json`` so that a resumed study gives every fold the same schedule). A cell is
+directory per model under ``OUT/cv/<model>``), with one budget: the recipe's epochs, the same ``epochs`` for every
+model, or a wall-clock budget per fold (``budget_seconds``) turned into a step count from the model's measured
+training-step time (calibrated once per model, kept in ``OUT/calibration.json`` so that a resumed study gives every
+fold the same schedule); under a fixed budget the last epoch's model is scored, with no early stopping. A cell is
 one (model, fold): its accuracy and macro ROC-AUC on the held-out fold (from the CV run's out-of-fold predictions,
 exactly the numbers of that run's ``metrics.json``), its training time, the fold model's inference speed (clips/s
 and x real time on the recipe's clip length, eval mode, no grad) and its parameter count.
@@ -90,12 +91,14 @@ def measure_inference(model: Any, samples: int, batch_size: int, repeats: int = 
 
 
 def _calibrate(study: Study, cfg: Config, model: str, n_classes: int, n_train: int,
-               budget_seconds: float | None) -> dict[str, Any]:
+               budget_seconds: float | None, epochs: int | None = None) -> dict[str, Any]:
     path = study.out / _CALIBRATION
     known = json.loads(path.read_text()) if path.exists() else {}
-    key = f"{model}@{budget_seconds}"
+    key = f"{model}@{budget_seconds}" if epochs is None else f"{model}@{epochs}epochs"
     if key not in known:
-        if budget_seconds is None:
+        if epochs is not None:
+            known[key] = {"epochs": int(epochs), "max_steps": None}
+        elif budget_seconds is None:
             known[key] = {"epochs": cfg.train.epochs, "max_steps": cfg.train.max_steps_per_epoch}
         else:
             step = _step_seconds(cfg, n_classes)
@@ -108,7 +111,7 @@ def _calibrate(study: Study, cfg: Config, model: str, n_classes: int, n_train: i
 
 
 def run(cfg: Config, out: str | os.PathLike, models: list[str] | None = None, folds: list[int] | None = None,
-        budget_seconds: float | None = None, seed: int | None = None) -> Path:
+        budget_seconds: float | None = None, seed: int | None = None, epochs: int | None = None) -> Path:
     """Cross-validate every model on the same folds under the same budget; results, scatter plot, ``report.md``.
 
     Args:
@@ -117,10 +120,17 @@ def run(cfg: Config, out: str | os.PathLike, models: list[str] | None = None, fo
         models: model names (registry or timm; default :data:`DEFAULT_MODELS`).
         folds: fold indices (default ``cfg.cv.folds`` or every fold).
         budget_seconds: wall-clock training budget per fold (None: the recipe's epochs).
+        epochs: the same number of epochs for every model instead. With either budget early stopping is off and
+            the last epoch's model is scored (no checkpoint chosen on the held-out fold).
 
     Returns:
         The report's path.
+
+    Raises:
+        ValueError: both ``budget_seconds`` and ``epochs``, or a fold that does not exist.
     """
+    if budget_seconds is not None and epochs is not None:
+        raise ValueError("give a wall-clock budget or an epoch budget, not both")
     import numpy as np
 
     from nfaudio.cv import cv_metrics, run_cv
@@ -143,15 +153,19 @@ def run(cfg: Config, out: str | os.PathLike, models: list[str] | None = None, fo
         raise ValueError(f"folds {unknown} do not exist; the recipe's folds are {available}")
     n_classes = len(manifest.classes)
     cells = [{"model": m, "fold": k, "budget_seconds": budget_seconds} for m in models for k in folds]
+    if epochs is not None:  # a key of its own, so that a study run with another budget is never mistaken for it
+        cells = [{**c, "budget_epochs": int(epochs)} for c in cells]
 
     def measure(cell: dict[str, Any]) -> dict[str, Any]:
         mcfg = _model_cfg(cfg, cell["model"])
         n_train = int((fold_of_row != cell["fold"]).sum())
         with torch_threads(intra_op_threads(cfg.train.threads, workers=cfg.data.num_workers)):
-            cal = _calibrate(study, mcfg, cell["model"], n_classes, n_train, budget_seconds)
+            cal = _calibrate(study, mcfg, cell["model"], n_classes, n_train, budget_seconds, epochs)
+        fixed = budget_seconds is not None or epochs is not None
         mcfg = dataclasses.replace(mcfg, train=dataclasses.replace(
             mcfg.train, epochs=cal["epochs"], max_steps_per_epoch=cal["max_steps"],
-            early_stop_patience=None if budget_seconds else mcfg.train.early_stop_patience))
+            early_stop_patience=None if fixed else mcfg.train.early_stop_patience,
+            select="last" if fixed else mcfg.train.select))  # a fixed budget: no choice on the held-out fold
         run_dir = study.out / "cv" / cell["model"]
         t0 = time.perf_counter()
         try:
@@ -178,7 +192,7 @@ def run(cfg: Config, out: str | os.PathLike, models: list[str] | None = None, fo
                 "params": sum(p.numel() for p in model.parameters())}
 
     rows = study.run(cells, measure)
-    return _report(study, rows, cfg, budget_seconds)
+    return _report(study, rows, cfg, budget_seconds, epochs)
 
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -201,7 +215,8 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def _report(study: Study, rows: list[dict[str, Any]], cfg: Config, budget_seconds: float | None) -> Path:
+def _report(study: Study, rows: list[dict[str, Any]], cfg: Config, budget_seconds: float | None,
+            epochs: int | None = None) -> Path:
     from nfaudio.study.plots import scatter_plot
 
     summary = summarise(rows)
@@ -209,13 +224,15 @@ def _report(study: Study, rows: list[dict[str, Any]], cfg: Config, budget_second
                  title=f"{cfg.train.metric} (mean over folds) vs inference speed")
     budget = (f"{budget_seconds:g} s of training steps per fold (epochs and steps per epoch from each model's "
               "measured step time; data loading and per-epoch validation come on top)" if budget_seconds
+              else f"{epochs} epochs for every model, no early stopping" if epochs is not None
               else f"the recipe's {cfg.train.epochs} epochs")
     ok = [r for r in rows if r.get("status") == "ok"]
     sections = [
         ("Set-up", f"Every model through the same recipe ({cfg.model.head} head, {cfg.optim.name} lr "
                    f"{cfg.optim.lr:g}, AGC {cfg.optim.agc}, model.pretrained {cfg.model.pretrained}) and the same "
                    f"folds ({cfg.cv.strategy}); budget: {budget}. Score: {cfg.train.metric} and macro ROC-AUC on "
-                   "each held-out fold (out-of-fold predictions of the fold's selected checkpoint). Inference: "
+                   "each held-out fold (out-of-fold predictions of the fold's "
+                   f"{'last epoch' if budget_seconds or epochs is not None else 'selected checkpoint'}). Inference: "
                    f"eval-mode clips/s on {cfg.audio.duration:g} s clips, batch "
                    f"{cfg.train.eval_batch_size or cfg.train.batch_size}; x real time = clips/s x clip length."),
         ("Per model", markdown_table(summary, ["model", "params", "folds", "epochs", "max_steps", "score_mean",
