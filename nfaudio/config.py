@@ -152,9 +152,11 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop."""
+    """The training loop. ``min_steps``: train at least this many optimizer steps, raising ``epochs`` when the
+    training set is too small for them to give that many (``null``: ``epochs`` as given)."""
 
     epochs: int = 10
+    min_steps: int | None = None
     batch_size: int = 32
     accum_steps: int = 1
     ema: bool = False

@@ -153,6 +153,21 @@ def test_gradient_accumulation_steps_the_scheduler_per_optimizer_step(tiny_birdc
     assert state["scheduler"]["last_epoch"] == 2
 
 
+def test_min_steps_raises_the_epochs_of_a_small_training_set_and_the_schedule_follows(tiny_birdclef, tmp_path):
+    m, _, va = _split(tiny_birdclef.root)
+    tr = m.subset(np.arange(7))  # batch 2, the last partial batch dropped: 3 optimizer steps an epoch
+    cfg = tiny_recipe(tiny_birdclef.root, train={"epochs": 1, "batch_size": 2, "min_steps": 7})
+    result = fit(cfg, tr, va, tmp_path / "small")
+    assert len(result.history) == 3  # ceil(7 / 3) epochs
+    state = torch.load(tmp_path / "small" / "last.pt", weights_only=False)
+    assert state["scheduler"]["last_epoch"] == 9
+    s = cfg.schedule  # the cosine planned over the 9 steps taken, so it ends where a 9-step schedule ends
+    end = cfg.optim.lr * cosine_lambda(9, int(s.warmup_epochs * 3), s.min_lr_ratio)(9)
+    assert result.history[-1]["lr"] == pytest.approx(end)
+    big = tiny_recipe(tiny_birdclef.root, train={"epochs": 2, "batch_size": 2, "min_steps": 3})
+    assert len(fit(big, tr, va, tmp_path / "enough").history) == 2  # epochs already give >= min_steps
+
+
 def test_missing_logger_package_is_a_config_error(tiny_birdclef, tmp_path, monkeypatch):
     import builtins
 

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from nfaudio.agc import AGC, agc_parameters
 from nfaudio.augment import Mixup
 from nfaudio.backends import activate
-from nfaudio.config import Config
+from nfaudio.config import Config, TrainConfig
 from nfaudio.data import AudioDataset, Manifest, class_balanced_weights, encode_targets, load_data, split_train_val
 from nfaudio.folds import run_folds
 from nfaudio.metrics import get_metric
@@ -56,7 +56,7 @@ from nfaudio.training.loggers import HistoryLogger, plot_curves
 from nfaudio.training.losses import ClipFrameLoss
 from nfaudio.training.state import get_rng_state, seed_everything, set_rng_state, worker_init
 
-__all__ = ["FitResult", "evaluate", "evaluate_rows", "fit", "shared_folds", "train_from_config"]
+__all__ = ["FitResult", "epochs_for", "evaluate", "evaluate_rows", "fit", "shared_folds", "train_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -191,13 +191,18 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     loader_kw = dict(num_workers=workers, worker_init_fn=worker_init if workers else None,
                      pin_memory=device.type == "cuda")
     per_rank = math.ceil(len(train_ds) / w.size)  # rows each rank trains on per epoch
-    steps_per_epoch = math.ceil(per_rank / t.batch_size)
+    drop_last = per_rank > t.batch_size  # never an epoch of zero steps
+    steps_per_epoch = per_rank // t.batch_size if drop_last else 1  # the batches the loader gives
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     opt_steps_per_epoch = max(1, steps_per_epoch // t.accum_steps)
+    epochs = epochs_for(t, opt_steps_per_epoch)
+    if epochs > t.epochs:
+        log.info("train.min_steps %d: %d epochs of %d optimizer steps (train.epochs %d)", t.min_steps, epochs,
+                 opt_steps_per_epoch, t.epochs)
     optimizer = build_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_lambda(
-        t.epochs * opt_steps_per_epoch, int(cfg.schedule.warmup_epochs * opt_steps_per_epoch),
+        epochs * opt_steps_per_epoch, int(cfg.schedule.warmup_epochs * opt_steps_per_epoch),
         cfg.schedule.min_lr_ratio))
     use_amp = t.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
@@ -212,7 +217,6 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
              run.path, len(train_set), len(val_set) if val_set is not None else 0, len(classes),
              "on" if agc else "off", device, f", {w.size} processes" if w.enabled else "")
 
-    drop_last = per_rank > t.batch_size  # never an epoch of zero steps
     loader, sampler = train_loader(train_ds, t.batch_size, seed, w, sample_weights, drop_last, **loader_kw)
     start_epoch, best_score, best_epoch, history, bad_epochs = 0, -math.inf, -1, [], 0
     state = run.load_state(map_location=device) if resume else None
@@ -229,7 +233,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         log.info("resumed %s at epoch %d", run.path, start_epoch)
     logger = HistoryLogger(run.file(RunDir.HISTORY), cfg, history) if w.is_main else None
 
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(start_epoch, epochs):
         if bad_epochs and t.early_stop_patience and bad_epochs >= t.early_stop_patience:
             break
         frozen = epoch < t.freeze_backbone_epochs
@@ -239,7 +243,7 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
         mix_gen = torch.Generator().manual_seed(seed * 1000 + epoch + 1)
         model.train()
         t0, seen, running = time.perf_counter(), 0, 0.0
-        bar = _progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{t.epochs}", t.progress and w.is_main)
+        bar = _progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{epochs}", t.progress and w.is_main)
         optimizer.zero_grad(set_to_none=True)
         for step, (wave, target, weight, _) in enumerate(bar):
             if step >= steps_per_epoch:
@@ -311,6 +315,15 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     if t.select == "last" and history:
         best_score, best_epoch = history[-1]["val_score"], int(history[-1]["epoch"])
     return FitResult(best_score=best_score, best_epoch=best_epoch, history=history, out_dir=run.path)
+
+
+def epochs_for(t: TrainConfig, opt_steps_per_epoch: int) -> int:
+    """The epochs a run trains: ``t.epochs``, raised to ``ceil(t.min_steps / opt_steps_per_epoch)`` when
+    ``t.min_steps`` asks for more optimizer steps than those epochs give (a small training set then gets as many
+    steps as a large one)."""
+    if not t.min_steps:
+        return t.epochs
+    return max(t.epochs, -(-int(t.min_steps) // max(1, opt_steps_per_epoch)))
 
 
 def _progress(loader: DataLoader, total: int, desc: str, enabled: bool):
