@@ -425,6 +425,7 @@ def test_folder_clips_scratch_resolves_to_the_from_scratch_settings():
     assert new.train.select == "last"
     assert new.train.batch_size < old.train.batch_size
     assert new.train.epochs >= old.train.epochs
+    assert new.train.min_steps == 1000  # the step budget small-data measured (README)
     # everything about the data and the input is the generic recipe's
     assert (new.data, new.audio, new.frontend, new.cv, new.loss) == (old.data, old.audio, old.frontend, old.cv,
                                                                      old.loss)
