@@ -145,9 +145,10 @@ def _report(study: Study, rows: list[dict[str, Any]], cfg: Config, base_batch: i
     cols = ["cell_label", "batch_size", "lr", "diverged", "final_score", "best_score", "final_train_loss",
             "final_val_loss", "start_val_loss", "cell_seconds"]
     t = ok[0] if ok else {"epochs": "?", "max_steps": "?"}
+    steps = "every batch" if t["max_steps"] is None else f"at most {t['max_steps']} steps"
     sections = [
         ("Set-up", f"Model {cfg.model.name} trained by nfaudio's trainer on the recipe's data; {t['epochs']} "
-                   f"epoch(s) of at most {t['max_steps']} steps; lr = {cfg.optim.lr:g} x batch / {base_batch} "
+                   f"epoch(s) of {steps}; lr = {cfg.optim.lr:g} x batch / {base_batch} "
                    f"({cfg.optim.name}); metric {cfg.train.metric} on the validation split after the last epoch. "
                    "Diverged: a NaN/inf loss, or a final validation loss above the untrained model's."),
         (f"Final {cfg.train.metric} (rows: arm and threshold; columns: batch size)",
