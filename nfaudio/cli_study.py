@@ -43,7 +43,8 @@ def add_parsers(sub: argparse._SubParsersAction, add_recipe_args: Callable) -> N
     p.add_argument("--models", type=_strs, default=None,
                    help="comma-separated models (bn-cost: default smallcnn_bn,smallcnn_nf,resnet26,nf_resnet26, "
                         "'full': all four pairs; compare: default nfaudio_small,nf_resnet26,resnet26, 'full': also "
-                        "eca_nfnet_l0,dm_nfnet_f0,efficientnet_b0; small-data: nfaudio_tiny,nfaudio_small)")
+                        "eca_nfnet_l0,dm_nfnet_f0,efficientnet_b0; small-data: nfaudio_small, 'full' also "
+                        "nfaudio_tiny)")
     p.add_argument("--batch-sizes", type=_ints, default=None,
                    help="comma-separated batch sizes (bn-cost 8,16,32; agc 16,64)")
     p.add_argument("--repeats", type=int, default=5, help="bn-cost: timed repeats per case, median (5)")
@@ -57,7 +58,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_recipe_args: Callable) -> N
                         "instead of --steps")
     p.add_argument("--steps", type=_ints, default=None,
                    help="small-data: comma-separated budgets in optimizer steps, epochs per set size from them "
-                        "(300,1000)")
+                        "(250,1000)")
     p.add_argument("--no-baseline", action="store_true",
                    help="small-data: leave out the classical baseline (log-mel statistics + logistic regression)")
     p.add_argument("--max-steps", type=int, default=10, help="agc: steps per epoch at most (10; 0: all)")
@@ -65,16 +66,17 @@ def add_parsers(sub: argparse._SubParsersAction, add_recipe_args: Callable) -> N
                    help="compare: folds to train (default the recipe's cv.folds or all); small-data: held-out "
                         "folds (default the first two)")
     p.add_argument("--budget-seconds", type=float, default=None,
-                   help="compare: wall-clock budget of training steps per fold (default: the recipe's epochs)")
+                   help="compare: wall-clock budget of training steps per fold (default 60; with --full or "
+                        "--epochs: none)")
     p.add_argument("--sizes", type=_ints, default=None, help="small-data: clips per class (5,10,30)")
-    p.add_argument("--lrs", type=_floats, default=None, help="small-data: learning rates (0.0005,0.003)")
+    p.add_argument("--lrs", type=_floats, default=None, help="small-data: learning rates (0.003)")
     p.add_argument("--augments", type=_strs, default=None,
-                   help="small-data: augmentation levels none,recipe,strong (default none,strong)")
+                   help="small-data: augmentation levels none,recipe,strong (default none,recipe)")
     p.add_argument("--batch-size", type=int, default=16, help="small-data: training batch size (16)")
     p.add_argument("--full", action="store_true",
                    help="the full-size grid (bn-cost: all pairs, batch 8-64; agc: batch 16-512, thresholds "
-                        "0.01-0.16; compare: the GPU-sized models too; small-data: 4 lrs, 4 step budgets, 3 "
-                        "augmentation levels)")
+                        "0.01-0.16; compare: the GPU-sized models too, the recipe's epochs; small-data: 2 models, "
+                        "4 lrs, 4 step budgets, 3 augmentation levels)")
 
 
 def _cmd_study(args: argparse.Namespace) -> int:
@@ -103,10 +105,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
             models = list(module.FULL_MODELS) if models in (None, ["full"]) else models
         if args.epochs and len(args.epochs) > 1:
             raise ValueError("compare takes one --epochs value (the budget of every model)")
-        report = module.run(cfg, args.out, models=models, folds=args.folds, budget_seconds=args.budget_seconds,
+        budget = args.budget_seconds
+        if budget is None and not args.epochs and not args.full:
+            budget = module.DEFAULT_BUDGET_SECONDS  # minutes on a CPU; --full: the recipe's epochs
+        report = module.run(cfg, args.out, models=models, folds=args.folds, budget_seconds=budget,
                             epochs=args.epochs[0] if args.epochs else None)
     else:
-        report = module.run(cfg, args.out, sizes=args.sizes, models=args.models,
+        report = module.run(cfg, args.out, sizes=args.sizes,
+                            models=args.models or (list(module.FULL_MODELS) if args.full else None),
                             lrs=args.lrs or (list(module.FULL_LRS) if args.full else None),
                             epochs=args.epochs,
                             steps=args.steps or (list(module.FULL_STEPS) if args.full and not args.epochs else None),

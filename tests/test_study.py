@@ -280,6 +280,24 @@ def test_compare_epoch_budget_trains_every_model_that_many_epochs_and_scores_the
     assert "3 epochs for every model" in report.read_text()
 
 
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], {"budget_seconds": 60.0, "epochs": None}),  # the CPU-sized default: minutes
+    (["--epochs", "4"], {"budget_seconds": None, "epochs": 4}),
+    (["--budget-seconds", "15"], {"budget_seconds": 15.0, "epochs": None}),
+    (["--full"], {"budget_seconds": None, "epochs": None}),  # the recipe's epochs
+])
+def test_compare_cli_budget_defaults(tone_manifest, tmp_path, monkeypatch, flags, expected):
+    from nfaudio import config
+    from nfaudio.cli import main
+    from nfaudio.study import compare
+
+    seen = {}
+    monkeypatch.setattr(config, "load_config", lambda *a, **k: _tone_recipe(tone_manifest))
+    monkeypatch.setattr(compare, "run", lambda cfg, out, **kw: seen.update(kw) or out / "report.md")
+    assert main(["study", "compare", "--recipe", "x.yaml", "--out", str(tmp_path / "c"), *flags]) == 0
+    assert {k: seen[k] for k in expected} == expected
+
+
 def test_compare_budget_schedule():
     from nfaudio.study.compare import budget_schedule
 

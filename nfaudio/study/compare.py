@@ -26,7 +26,7 @@ from typing import Any
 from nfaudio.config import Config
 from nfaudio.study.framework import Study, markdown_table
 
-__all__ = ["DEFAULT_MODELS", "FULL_MODELS", "budget_schedule", "measure_inference", "run"]
+__all__ = ["DEFAULT_BUDGET_SECONDS", "DEFAULT_MODELS", "FULL_MODELS", "budget_schedule", "measure_inference", "run"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ DEFAULT_MODELS = ("nfaudio_small", "nf_resnet26", "resnet26")
 # GPU-sized: the paper's NFNets and the EfficientNet baseline (and the CPU set).
 FULL_MODELS = ("nfaudio_small", "nf_resnet26", "resnet26", "eca_nfnet_l0", "dm_nfnet_f0", "efficientnet_b0")
 _CALIBRATION = "calibration.json"
+DEFAULT_BUDGET_SECONDS = 60.0  # the CLI's budget per fold unless --epochs or --full: minutes on a CPU
 
 
 def _model_cfg(cfg: Config, model: str) -> Config:
