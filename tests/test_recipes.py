@@ -246,8 +246,8 @@ def birdclef_root(tmp_path_factory) -> Path:
 def _smoke_overrides(cfg: Config, tmp_path: Path, birdclef_root: Path) -> list[str]:
     """Tiny model, one step, tiny data in the recipe's own layout; everything else stays the recipe's."""
     out = ["model.name=nfaudio_tiny", "model.pretrained=false", "train.epochs=1", "train.max_steps_per_epoch=1",
-           "train.batch_size=4", "train.eval_batch_size=8", "train.progress=false", "train.device=cpu",
-           "data.num_workers=0"]
+           "train.min_steps=null", "train.batch_size=4", "train.eval_batch_size=8", "train.progress=false",
+           "train.device=cpu", "data.num_workers=0"]
     if cfg.audio.sample_rate > SMOKE_SR:  # keep the recipe's rate where the tiny data allows it
         out += [f"audio.sample_rate={SMOKE_SR}", f"frontend.fmax={min(cfg.frontend.fmax, SMOKE_SR / 2)}"]
     if cfg.data.kind == "birdclef":
