@@ -41,6 +41,9 @@ from nfaudio.predict import Predictor
 from nfaudio.predict_run import run_prediction
 from nfaudio.quantize import Int8Options, rank_correlation
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict_whole import int8_guard  # noqa: E402
+
 
 def compare_scores(got: pd.DataFrame, ref: pd.DataFrame) -> dict:
     """Max |got - ref| probability and per-class Spearman of ``got`` against ``ref`` (rows matched by row_id)."""
@@ -105,12 +108,7 @@ def main() -> int:
         print(runs[-1], file=sys.stderr)
     for r in runs[1:]:
         r["vs_torch_fp32"] = compare_scores(subs[r["case"]], subs["torch fp32"])
-    guard = []
-    for meta in sorted(cv.glob("fold*/.nfaudio-export/*/int8-*/meta.json")):
-        m = json.loads(meta.read_text())
-        guard.append({"fold": meta.parts[-5], "max_abs_diff": round(m["max_abs_diff"], 4),
-                      "mean_abs_diff": round(m["mean_abs_diff"], 5), "spearman_min": m["spearman_min"],
-                      "windows": m["calibration"]["windows"], "within_tolerance": m["max_abs_diff"] <= args.tolerance})
+    guard = int8_guard(cv, args.tolerance)
 
     import openvino
     import torch

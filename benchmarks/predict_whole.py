@@ -198,18 +198,28 @@ def roofline(ensembles: dict, runs: list[dict], audio_s: float) -> dict:
     return out
 
 
+def int8_guard(model: Path, tolerance: float | None = None) -> list[dict]:
+    """The int8 guard's figures of each fold of the CV run ``model`` (from the int8 cache's ``meta.json``); with
+    ``tolerance``, also whether the unrounded max difference is within it."""
+    guard = []
+    for meta in sorted(model.glob("fold*/.nfaudio-export/*/int8-*/meta.json")):
+        m = json.loads(meta.read_text())
+        row = {"fold": meta.parts[-5], "max_abs_diff": round(m["max_abs_diff"], 4),
+               "mean_abs_diff": round(m["mean_abs_diff"], 5), "spearman_min": m["spearman_min"],
+               "windows": m["calibration"]["windows"]}
+        if tolerance is not None:
+            row["within_tolerance"] = m["max_abs_diff"] <= tolerance
+        guard.append(row)
+    return guard
+
+
 def int8_figures(model: Path, out: Path, ens: str) -> dict:
     """The guard's figures of each fold (from the int8 cache) and int8 vs fp32 on the benchmark recording."""
     import pandas as pd
 
     from nfaudio.quantize import rank_correlation
 
-    guard = []
-    for meta in sorted(model.glob("fold*/.nfaudio-export/*/int8-*/meta.json")):
-        m = json.loads(meta.read_text())
-        guard.append({"fold": meta.parts[-5], "max_abs_diff": round(m["max_abs_diff"], 4),
-                      "mean_abs_diff": round(m["mean_abs_diff"], 5), "spearman_min": m["spearman_min"],
-                      "windows": m["calibration"]["windows"]})
+    guard = int8_guard(model)
     ref = pd.read_csv(out / f"{ens}-openvino-warm" / "submission.csv", index_col=0)
     got = pd.read_csv(out / f"{ens}-openvino-int8 warm" / "submission.csv", index_col=0)
     rho = rank_correlation(got.to_numpy(), ref.to_numpy())

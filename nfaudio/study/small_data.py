@@ -77,10 +77,11 @@ def nested_subset(labels: list[str], n: int, seed: int) -> list[int]:
 
 
 def epochs_for_steps(steps: int, n_train: int, batch_size: int) -> int:
-    """Epochs that give at least ``steps`` optimizer steps on ``n_train`` clips: the trainer drops the last partial
-    batch when the set holds more than one batch (``n_train // batch_size`` steps an epoch), else runs one step."""
-    per_epoch = n_train // batch_size if n_train > batch_size else 1
-    return max(1, -(-int(steps) // per_epoch))
+    """Epochs that give at least ``steps`` optimizer steps on ``n_train`` clips, by the trainer's own rules
+    (:func:`~nfaudio.training.trainer.loader_steps`, :func:`~nfaudio.training.trainer.epochs_for`)."""
+    from nfaudio.training.trainer import epochs_for, loader_steps
+
+    return epochs_for(1, steps, loader_steps(n_train, batch_size))
 
 
 def logmel_features(cfg: Config, dataset: Any, batch_size: int = 64) -> Any:
@@ -164,7 +165,7 @@ def run(cfg: Config, out: str | os.PathLike, sizes: list[int] | None = None, mod
     Args:
         cfg: the recipe (data, ``cv`` groups, audio, frontend, optimizer; ``model.pretrained`` is set to false).
         sizes: clips per class drawn from the training groups (default 5, 10, 30).
-        steps: training budgets in optimizer steps (default 300 and 1000; epochs per set from
+        steps: training budgets in optimizer steps (default 250 and 1000; epochs per set from
             :func:`epochs_for_steps`). Ignored when ``epochs`` is given.
         epochs: training budgets in epochs, the same for every set size, instead of ``steps``.
         folds: held-out folds (default the recipe's first two).
@@ -178,7 +179,7 @@ def run(cfg: Config, out: str | os.PathLike, sizes: list[int] | None = None, mod
 
     from nfaudio.data import load_data
     from nfaudio.folds import assign_folds
-    from nfaudio.training.trainer import fit
+    from nfaudio.training.trainer import fit, loader_steps
 
     seed = cfg.train.seed if seed is None else seed
     sizes, models = list(sizes or DEFAULT_SIZES), list(models or DEFAULT_MODELS)
@@ -234,7 +235,7 @@ def run(cfg: Config, out: str | os.PathLike, sizes: list[int] | None = None, mod
             log.warning("cell %s failed: %s", cell, err)
             return {"status": "failed", "error": str(err)}
         shutil.rmtree(run_dir, ignore_errors=True)
-        per_epoch = len(train_set) // cell["batch_size"] if len(train_set) > cell["batch_size"] else 1
+        per_epoch = loader_steps(len(train_set), cell["batch_size"])
         return {"status": "ok", **common, **scores, "epochs_run": n_epochs, "steps_run": n_epochs * per_epoch,
                 "final_train_loss": result.history[-1]["train_loss"] if result.history else None}
 

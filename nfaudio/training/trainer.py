@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Subset
 from nfaudio.agc import AGC, agc_parameters
 from nfaudio.augment import Mixup
 from nfaudio.backends import activate
-from nfaudio.config import Config, TrainConfig
+from nfaudio.config import Config
 from nfaudio.data import AudioDataset, Manifest, class_balanced_weights, encode_targets, load_data, split_train_val
 from nfaudio.folds import run_folds
 from nfaudio.metrics import get_metric
@@ -56,7 +56,8 @@ from nfaudio.training.loggers import HistoryLogger, plot_curves
 from nfaudio.training.losses import ClipFrameLoss
 from nfaudio.training.state import get_rng_state, seed_everything, set_rng_state, worker_init
 
-__all__ = ["FitResult", "epochs_for", "evaluate", "evaluate_rows", "fit", "shared_folds", "train_from_config"]
+__all__ = ["FitResult", "epochs_for", "evaluate", "evaluate_rows", "fit", "loader_steps", "shared_folds",
+           "train_from_config"]
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,11 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
                      pin_memory=device.type == "cuda")
     per_rank = math.ceil(len(train_ds) / w.size)  # rows each rank trains on per epoch
     drop_last = per_rank > t.batch_size  # never an epoch of zero steps
-    steps_per_epoch = per_rank // t.batch_size if drop_last else 1  # the batches the loader gives
+    steps_per_epoch = loader_steps(per_rank, t.batch_size)
     if t.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, t.max_steps_per_epoch)
     opt_steps_per_epoch = max(1, steps_per_epoch // t.accum_steps)
-    epochs = epochs_for(t, opt_steps_per_epoch)
+    epochs = epochs_for(t.epochs, t.min_steps, opt_steps_per_epoch)
     if epochs > t.epochs:
         log.info("train.min_steps %d: %d epochs of %d optimizer steps (train.epochs %d)", t.min_steps, epochs,
                  opt_steps_per_epoch, t.epochs)
@@ -317,13 +318,19 @@ def _fit(cfg: Config, train_set: Manifest, val_set: Manifest | None, out_dir: st
     return FitResult(best_score=best_score, best_epoch=best_epoch, history=history, out_dir=run.path)
 
 
-def epochs_for(t: TrainConfig, opt_steps_per_epoch: int) -> int:
-    """The epochs a run trains: ``t.epochs``, raised to ``ceil(t.min_steps / opt_steps_per_epoch)`` when
-    ``t.min_steps`` asks for more optimizer steps than those epochs give (a small training set then gets as many
-    steps as a large one)."""
-    if not t.min_steps:
-        return t.epochs
-    return max(t.epochs, -(-int(t.min_steps) // max(1, opt_steps_per_epoch)))
+def loader_steps(rows: int, batch_size: int) -> int:
+    """The batches an epoch's training loader gives for ``rows`` rows (per process): the last partial batch is
+    dropped when there is more than one batch, and a set of at most one batch is one step."""
+    return rows // batch_size if rows > batch_size else 1
+
+
+def epochs_for(epochs: int, min_steps: int | None, opt_steps_per_epoch: int) -> int:
+    """The epochs a run trains: ``epochs`` (``train.epochs``), raised to ``ceil(min_steps / opt_steps_per_epoch)``
+    when ``min_steps`` (``train.min_steps``) asks for more optimizer steps than those epochs give (a small training
+    set then gets as many steps as a large one)."""
+    if not min_steps:
+        return epochs
+    return max(epochs, -(-int(min_steps) // max(1, opt_steps_per_epoch)))
 
 
 def _progress(loader: DataLoader, total: int, desc: str, enabled: bool):
