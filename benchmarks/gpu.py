@@ -20,10 +20,21 @@ What it runs, each part on its own (a failing part is recorded with its error an
 - ``ddp``: ``torchrun --standalone --nproc_per_node <visible GPUs> -m nfaudio train`` (NCCL) on the same recipe;
   return code, wall time and the clips/s of ``history.csv`` (summed over ranks by the trainer).
 
-On a machine without CUDA it says so and exits 0 without writing anything. Writes ``benchmarks/results/gpu.json``.
+On a machine without CUDA it says so and exits 0 without writing anything. It exits 1 when a part failed (the JSON
+is written all the same). Writes ``benchmarks/results/gpu.json``.
+
+``--device cpu`` is a smoke run of the same code on the CPU (AMP off by the trainer's own rule, gloo instead of
+NCCL, 2 DDP processes): it checks the script, not the GPU, and its JSON says ``"smoke": true``. The tests run it
+with timm's 0.2M-parameter ``test_nfnet`` (``--model test_nfnet``) so that a GPU session spends its minutes on
+measuring, not on debugging.
 
 Usage:
     python benchmarks/gpu.py [--clips 512] [--steps 60] [--batch-size 32] [--note "..."]
+    python benchmarks/gpu.py --device cpu --model test_nfnet --clips 8 --out /tmp/gpu-smoke.json  # a smoke run
+
+On the lent GPU machine (Python 3.12 with torch, timm, pandas, scikit-learn; no soundfile, librosa or soxr, and no
+network), ``benchmarks/gpu_wheels.sh`` downloads here the wheels nfaudio needs there into ``.whl/``; the prepared
+device command is in that script's header.
 """
 
 from __future__ import annotations
@@ -68,11 +79,23 @@ def recipe(root: Path, args: argparse.Namespace, epochs: int) -> dict:
     return {"data": {"kind": "folder", "root": str(root), "num_workers": args.workers, "cache": "memory"},
             "audio": {"sample_rate": SR, "duration": SECONDS},
             "frontend": FRONTEND,
-            "model": {"name": "eca_nfnet_l0", "head": "sed", "channels_last": True},
+            "model": {"name": args.model, "head": "sed", "channels_last": True},
             "optim": {"name": "sgd", "lr": 0.01},
-            "train": {"epochs": epochs, "batch_size": args.batch_size, "amp": True, "ema": True, "device": "cuda",
-                      "progress": False, "seed": 0},
+            "train": {"epochs": epochs, "batch_size": args.batch_size, "amp": True, "ema": True,
+                      "device": args.device, "progress": False, "seed": 0},
             "cv": {"n_folds": 5}}
+
+
+def _amp(device: str) -> bool:
+    """AMP where the trainer uses it: ``train.amp`` is honoured on CUDA only (nfaudio/training/trainer.py)."""
+    return device == "cuda"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def part_trainer(root: Path, work: Path, args: argparse.Namespace) -> dict:
@@ -89,7 +112,7 @@ def part_trainer(root: Path, work: Path, args: argparse.Namespace) -> dict:
             "best_pt": str(work / "trainer" / "best.pt")}
 
 
-def _gpu_batches(root: Path, batch_size: int, n_batches: int):
+def _device_batches(root: Path, batch_size: int, n_batches: int, device: str):
     import soundfile as sf
     import torch
 
@@ -98,20 +121,18 @@ def _gpu_batches(root: Path, batch_size: int, n_batches: int):
     waves = torch.from_numpy(np.stack([sf.read(f, dtype="float32")[0] for f in files[:batch_size * n_batches]]))
     labels = torch.tensor([classes.index(f.parent.name) for f in files[:batch_size * n_batches]])
     target = torch.nn.functional.one_hot(labels, len(classes)).float()
-    return waves.cuda().split(batch_size), target.cuda().split(batch_size), len(classes)
+    return waves.to(device).split(batch_size), target.to(device).split(batch_size), len(classes)
 
 
-def _timed(step, batches, targets, warmup: int, steps: int) -> float:
-    import torch
-
+def _timed(step, batches, targets, warmup: int, steps: int, device: str) -> float:
     n = len(batches)
     for i in range(warmup):
         step(batches[i % n], targets[i % n])
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for i in range(steps):
         step(batches[i % n], targets[i % n])
-    torch.cuda.synchronize()
+    _sync(device)
     return steps * batches[0].shape[0] / (time.perf_counter() - t0)
 
 
@@ -125,26 +146,27 @@ def _nfaudio_rate(root: Path, args: argparse.Namespace, batches, targets, n_clas
     from nfaudio.training import ClipFrameLoss, build_model, build_optimizer
 
     cfg = from_dict(recipe(root, args, 1))
+    amp = _amp(args.device)
     torch.manual_seed(0)
-    model = build_model(cfg, n_classes).to("cuda").train()
+    model = build_model(cfg, n_classes).to(args.device).train()
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda")
+    scaler = torch.amp.GradScaler(args.device, enabled=amp)
     agc = AGC(agc_parameters(model), cfg.optim.agc_clip, cfg.optim.agc_eps)
     ema = ModelEmaV3(model, decay=cfg.train.ema_decay)
     loss_fn = ClipFrameLoss(cfg.loss.name, cfg.loss.frame_weight)
 
     def step(wave, target):
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast(args.device, dtype=torch.float16, enabled=amp):
             out = model(wave)
         loss = loss_fn(out.clip, out.frame, target)
         scaler.scale(loss).backward()
-        agc.clip_(scaler, optimizer)  # unscales first, as in the trainer
+        agc.clip_(scaler if amp else None, optimizer)  # unscales first, as in the trainer
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         ema.update(model)
 
-    return _timed(step, batches, targets, args.warmup, args.steps)
+    return _timed(step, batches, targets, args.warmup, args.steps, args.device)
 
 
 def _bare_rate(args: argparse.Namespace, batches, targets, n_classes: int) -> float:
@@ -154,42 +176,46 @@ def _bare_rate(args: argparse.Namespace, batches, targets, n_classes: int) -> fl
     import torchaudio
 
     torch.manual_seed(0)
+    amp = _amp(args.device)
     mel = torch.nn.Sequential(
         torchaudio.transforms.MelSpectrogram(SR, n_fft=FRONTEND["n_fft"], hop_length=FRONTEND["hop_length"],
                                              n_mels=FRONTEND["n_mels"], f_min=FRONTEND["fmin"],
                                              f_max=FRONTEND["fmax"]),
-        torchaudio.transforms.AmplitudeToDB(top_db=80.0)).to("cuda")
-    net = timm.create_model("eca_nfnet_l0", pretrained=False, in_chans=1, num_classes=n_classes).to("cuda")
+        torchaudio.transforms.AmplitudeToDB(top_db=80.0)).to(args.device)
+    net = timm.create_model(args.model, pretrained=False, in_chans=1, num_classes=n_classes).to(args.device)
     net = net.to(memory_format=torch.channels_last).train()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-    scaler = torch.amp.GradScaler("cuda")
+    scaler = torch.amp.GradScaler(args.device, enabled=amp)
     bce = torch.nn.BCEWithLogitsLoss()
 
     def step(wave, target):
         with torch.no_grad():
             spec = mel(wave).unsqueeze(1).contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cuda", dtype=torch.float16):
+        with torch.autocast(args.device, dtype=torch.float16, enabled=amp):
             loss = bce(net(spec).float(), target)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
 
-    return _timed(step, batches, targets, args.warmup, args.steps)
+    return _timed(step, batches, targets, args.warmup, args.steps, args.device)
 
 
 def part_step_loops(root: Path, args: argparse.Namespace) -> dict:
     import torch
 
-    batches, targets, n_classes = _gpu_batches(root, args.batch_size, max(1, args.clips // args.batch_size))
+    batches, targets, n_classes = _device_batches(root, args.batch_size, max(1, args.clips // args.batch_size),
+                                                  args.device)
     nfaudio_rate = _nfaudio_rate(root, args, batches, targets, n_classes)
-    torch.cuda.empty_cache()
+    if args.device == "cuda":
+        torch.cuda.empty_cache()
     bare_rate = _bare_rate(args, batches, targets, n_classes)
     return {"nfaudio_step_clips_per_s": round(nfaudio_rate, 1), "bare_timm_clips_per_s": round(bare_rate, 1),
             "nfaudio_over_bare": round(nfaudio_rate / bare_rate, 3), "steps": args.steps, "warmup": args.warmup,
             "batch_size": args.batch_size,
+            "amp": _amp(args.device),
             "nfaudio_step": "autocast fp16 + GradScaler, AGC (unscaled), SGD-Nesterov, EMA, channels-last, SED head",
-            "bare_step": "torchaudio log-mel (no grad) + timm eca_nfnet_l0 (in_chans=1), autocast fp16 + "
+            "bare_step": f"torchaudio log-mel (no grad) + timm {args.model} (in_chans=1), autocast fp16 + "
                          "GradScaler, SGD-Nesterov, channels-last, BCE on pooled logits"}
 
 
@@ -198,44 +224,46 @@ def part_frontend(args: argparse.Namespace) -> dict:
 
     from nfaudio.frontend import LogMel
 
+    dev = args.device
     fe = LogMel(sample_rate=SR, **FRONTEND).eval()
     wave = torch.randn(args.batch_size, int(SR * SECONDS), generator=torch.Generator().manual_seed(0)) * 0.1
+    rates = {}
     with torch.no_grad():
         cpu = fe(wave)
-        gpu_fe, gpu_wave = fe.to("cuda"), wave.to("cuda")
-        gpu = gpu_fe(gpu_wave)
-        rates = {}
-        for name, f, x in (("cpu", fe.to("cpu"), wave), ("cuda", gpu_fe.to("cuda"), gpu_wave)):
+        for name, x in (("cpu", wave), (dev, wave.to(dev))):
+            f = fe.to(name)
             f(x)
-            if name == "cuda":
-                torch.cuda.synchronize()
+            _sync(name)
             t0 = time.perf_counter()
             for _ in range(5):
                 f(x)
-            if name == "cuda":
-                torch.cuda.synchronize()
+            _sync(name)
             rates[f"{name}_windows_per_s"] = round(5 * len(x) / (time.perf_counter() - t0), 1)
-    return {"max_abs_diff_cpu_vs_cuda": float((gpu.cpu() - cpu).abs().max()), **rates}
+        other = fe.to(dev)(wave.to(dev)).cpu()
+    return {f"max_abs_diff_cpu_vs_{dev}": float((other - cpu).abs().max()), **rates}
 
 
-def part_predict(best: Path, work: Path, minutes: float) -> dict:
+def part_predict(best: Path, work: Path, minutes: float, device: str) -> dict:
     import soundfile as sf
 
     from nfaudio.predict import Predictor
 
     audio = work / "long.wav"
-    if not audio.exists():
+    want = int(minutes * 60 * SR)
+    if not audio.exists() or sf.info(audio).frames != want:
         rng = np.random.default_rng(1)
-        sf.write(audio, (0.05 * rng.standard_normal(int(minutes * 60 * SR))).astype(np.float32), SR)
+        sf.write(audio, (0.05 * rng.standard_normal(want)).astype(np.float32), SR)
     out = {}
     frames = {}
-    for device in ("cuda", "cpu"):
-        p = Predictor.from_checkpoint(best, device=device, num_workers=2, batch_size=64)
+    for dev in dict.fromkeys((device, "cpu")):
+        p = Predictor.from_checkpoint(best, device=dev, num_workers=2, batch_size=64)
         t0 = time.perf_counter()
-        frames[device] = p.predict([audio])
+        frames[dev] = p.predict([audio])
         wall = time.perf_counter() - t0
-        out[f"{device}_xrt"] = round(minutes * 60 / wall, 1)
-    out["max_abs_prob_diff_cuda_vs_cpu"] = float(np.abs(frames["cuda"].to_numpy() - frames["cpu"].to_numpy()).max())
+        out[f"{dev}_xrt"] = round(minutes * 60 / wall, 1)
+        out[f"{dev}_windows"] = len(frames[dev])
+    out[f"max_abs_prob_diff_{device}_vs_cpu"] = float(
+        np.abs(frames[device].to_numpy(dtype=np.float64) - frames["cpu"].to_numpy(dtype=np.float64)).max())
     out["minutes"] = minutes
     return out
 
@@ -244,24 +272,29 @@ def part_ddp(root: Path, work: Path, args: argparse.Namespace) -> dict:
     import torch
     import yaml
 
-    n = torch.cuda.device_count()
+    n = torch.cuda.device_count() if args.device == "cuda" else 2
     shutil.rmtree(work / "ddp", ignore_errors=True)
     path = work / "ddp.yaml"
     path.write_text(yaml.safe_dump(recipe(root, args, 2)))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}", "-m", "nfaudio",
            "-q", "train", "--recipe", str(path), "--out", str(work / "ddp")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    if args.device == "cpu":
+        env["OMP_NUM_THREADS"] = "1"  # 2 processes on a small CPU
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          timeout=1800)
-    result = {"gpus": n, "backend": "nccl", "rc": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1),
-              "command": " ".join(["torchrun", *cmd[3:]])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=1800)
+    result = {"processes": n, "backend": "nccl" if args.device == "cuda" else "gloo", "rc": proc.returncode,
+              "wall_s": round(time.perf_counter() - t0, 1), "command": " ".join(["torchrun", *cmd[3:]])}
     history = work / "ddp" / "history.csv"
     if proc.returncode == 0 and history.exists():
         import pandas as pd
 
         result["clips_per_s_per_epoch"] = [round(x, 1) for x in pd.read_csv(history)["clips_per_s"]]
     else:
-        result["stderr_tail"] = proc.stderr.strip().splitlines()[-5:]
+        result["error"] = f"torchrun exited {proc.returncode}"
+        lines = proc.stderr.strip().splitlines()
+        result["stderr_errors"] = [line for line in lines if "error" in line.lower()][:8]  # the ranks' own
+        result["stderr_tail"] = lines[-8:]
     return result
 
 
@@ -276,13 +309,16 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--predict-minutes", type=float, default=10.0)
     p.add_argument("--parts", default="trainer,step_loops,frontend,predict,ddp")
+    p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
+                   help="cpu: a smoke run of the same code (checks the script; measures nothing about a GPU)")
+    p.add_argument("--model", default="eca_nfnet_l0", help="a timm model name (the bare loop builds it with timm)")
     p.add_argument("--work", type=Path, default=Path("/tmp/nfaudio-bench-gpu"))
     p.add_argument("--note", default="")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu.json")
     args = p.parse_args()
     import torch
 
-    if not torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("benchmarks/gpu.py needs CUDA: no CUDA device is visible here, nothing measured", file=sys.stderr)
         return 0
     sys.path.insert(0, str(ROOT))
@@ -300,7 +336,7 @@ def main() -> int:
             elif name == "frontend":
                 parts[name] = part_frontend(args)
             elif name == "predict":
-                parts[name] = (part_predict(best, args.work, args.predict_minutes) if best.exists()
+                parts[name] = (part_predict(best, args.work, args.predict_minutes, args.device) if best.exists()
                                else {"skipped": "no trainer checkpoint (run the trainer part first)"})
             elif name == "ddp":
                 parts[name] = part_ddp(root, args.work, args)
@@ -308,15 +344,17 @@ def main() -> int:
                 parts[name] = {"error": "unknown part"}
         except Exception as err:  # a benchmark records a broken path and goes on with the others
             parts[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-2000:]}
-        torch.cuda.empty_cache()
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
     trainer, loops = parts.get("trainer", {}), parts.get("step_loops", {})
     if trainer.get("clips_per_s_per_epoch") and loops.get("bare_timm_clips_per_s"):
         last = trainer["clips_per_s_per_epoch"][-1]
         trainer["last_epoch_over_bare"] = round(last / loops["bare_timm_clips_per_s"], 3)
-    result = {"benchmark": "CUDA paths and eca_nfnet_l0 training throughput vs a bare timm loop",
+    result = {"benchmark": f"CUDA paths and {args.model} training throughput vs a bare timm loop",
+              "smoke": args.device != "cuda", "device": args.device, "model": args.model,
               "started_utc": started, "command": " ".join(["python", *sys.argv]), "note": args.note,
               "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "cuda": torch.version.cuda,
+                          "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(),
                           "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
               "data": {"clips": args.clips, "classes": args.classes, "seconds": SECONDS, "sample_rate": SR},
               "parts": parts}
@@ -324,7 +362,10 @@ def main() -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(parts, indent=1)[:4000])
     print(f"wrote {args.out}")
-    return 0
+    failed = [name for name, part in parts.items() if "error" in part]
+    if failed:
+        print(f"gpu benchmark: failed parts: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,53 @@ def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+def test_gpu_benchmark_smoke_on_cpu_runs_every_part(tmp_path: Path) -> None:
+    """``--device cpu`` runs every part's code (trainer, step loops, frontend, predict, torchrun DDP with gloo), so a
+    GPU session does not meet a broken script; timm's test_nfnet keeps it to seconds."""
+    out, work = tmp_path / "gpu.json", tmp_path / "w"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--model",
+                           "test_nfnet", "--clips", "20", "--classes", "2", "--epochs", "1", "--batch-size", "4",
+                           "--workers", "0", "--steps", "2", "--warmup", "1", "--predict-minutes", "0.1",
+                           "--work", str(work), "--out", str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["smoke"] is True
+    assert result["device"] == "cpu"
+    parts = result["parts"]
+    assert set(parts) == {"trainer", "step_loops", "frontend", "predict", "ddp"}
+    assert [name for name, part in parts.items() if "error" in part or "skipped" in part] == []
+    trainer = parts["trainer"]
+    assert len(trainer["clips_per_s_per_epoch"]) == 1
+    assert Path(trainer["best_pt"]).is_file()
+    assert trainer["last_epoch_over_bare"] > 0
+    loops = parts["step_loops"]
+    assert loops["amp"] is False  # the trainer's rule: AMP on CUDA only
+    assert loops["nfaudio_over_bare"] == pytest.approx(
+        loops["nfaudio_step_clips_per_s"] / loops["bare_timm_clips_per_s"], abs=0.01)
+    assert parts["frontend"]["max_abs_diff_cpu_vs_cpu"] == 0.0
+    predict = parts["predict"]
+    assert predict["cpu_windows"] == 2  # 6 s in 5 s windows, the last one padded
+    assert predict["max_abs_prob_diff_cpu_vs_cpu"] == 0.0
+    ddp = parts["ddp"]
+    assert (ddp["rc"], ddp["processes"], ddp["backend"]) == (0, 2, "gloo")
+    assert len(ddp["clips_per_s_per_epoch"]) == 2
+    assert (work / "ddp" / "best.pt").is_file()
+
+
+def test_gpu_benchmark_exits_1_when_a_part_fails(tmp_path: Path) -> None:
+    out = tmp_path / "gpu.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--parts",
+                           "nonsense", "--clips", "2", "--classes", "1", "--work", str(tmp_path / "w"),
+                           "--out", str(out)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "failed parts: nonsense" in proc.stderr
+    assert json.loads(out.read_text())["parts"] == {"nonsense": {"error": "unknown part"}}
+
+
+@pytest.mark.integration
 def test_index_benchmark_tiny(tmp_path: Path) -> None:
     pytest.importorskip("faiss")
     pytest.importorskip("pyarrow")
