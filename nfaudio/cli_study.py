@@ -88,9 +88,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     cfg = load_config(args.recipe, args.overrides)
     module = importlib.import_module(f"nfaudio.study.{STUDIES[args.study]}")
     if args.study == "bn-cost":
-        models = args.models
-        if args.full or models == ["full"]:
-            models = list(module.FULL_MODELS) if models in (None, ["full"]) else models
+        models = _models(args, module)
         batches = args.batch_sizes or ([8, 16, 32, 64] if args.full else None)
         report = module.run(cfg, args.out, models=models, batch_sizes=batches, repeats=args.repeats,
                             channels_last=(False,) if args.no_channels_last else (False, True), device=args.device)
@@ -100,9 +98,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         report = module.run(cfg, args.out, batch_sizes=batches, clips=clips, grad_norms=args.grad_norms,
                             epochs=(args.epochs or [2])[0], max_steps=args.max_steps or None)
     elif args.study == "compare":
-        models = args.models
-        if args.full or models == ["full"]:
-            models = list(module.FULL_MODELS) if models in (None, ["full"]) else models
+        models = _models(args, module)
         if args.epochs and len(args.epochs) > 1:
             raise ValueError("compare takes one --epochs value (the budget of every model)")
         budget = args.budget_seconds
@@ -112,7 +108,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
                             epochs=args.epochs[0] if args.epochs else None)
     else:
         report = module.run(cfg, args.out, sizes=args.sizes,
-                            models=args.models or (list(module.FULL_MODELS) if args.full else None),
+                            models=_models(args, module),
                             lrs=args.lrs or (list(module.FULL_LRS) if args.full else None),
                             epochs=args.epochs,
                             steps=args.steps or (list(module.FULL_STEPS) if args.full and not args.epochs else None),
@@ -120,6 +116,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
                             folds=args.folds, batch_size=args.batch_size, baseline=not args.no_baseline)
     print(f"report in {report}")
     return 0
+
+
+def _models(args: argparse.Namespace, module) -> list[str] | None:
+    """``--models`` of any study: ``full`` (or ``--full`` without ``--models``) is the study's ``FULL_MODELS``;
+    None leaves the study's default."""
+    if args.models == ["full"] or (args.full and args.models is None):
+        return list(module.FULL_MODELS)
+    return args.models
 
 
 COMMANDS = {"study": _cmd_study}

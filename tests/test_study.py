@@ -463,3 +463,27 @@ def test_folder_clips_scratch_learns_from_a_few_clips_where_the_old_settings_do_
     print(f"old settings {old_acc:.3f} after {len(old.history)} epochs; new {new_acc:.3f}")
     assert new_acc >= 0.75, new_acc  # 4 classes: chance is 0.25
     assert new_acc - old_acc >= 0.25, (old_acc, new_acc)
+
+
+@pytest.mark.parametrize("study", ["bn-cost", "compare", "small-data"])
+@pytest.mark.parametrize(("flags", "expected"), [
+    ([], None),  # the study's default
+    (["--models", "full"], "FULL"),
+    (["--full"], "FULL"),
+    (["--full", "--models", "nfaudio_tiny"], ["nfaudio_tiny"]),  # a named list wins over --full
+    (["--models", "nfaudio_tiny,nfaudio_small"], ["nfaudio_tiny", "nfaudio_small"]),
+])
+def test_study_cli_models_full_expands_in_every_study(tone_manifest, tmp_path, monkeypatch, study, flags, expected):
+    import importlib
+
+    from nfaudio import config
+    from nfaudio.cli import main
+    from nfaudio.study import STUDIES
+
+    module = importlib.import_module(f"nfaudio.study.{STUDIES[study]}")
+    seen = {}
+    monkeypatch.setattr(config, "load_config", lambda *a, **k: _tone_recipe(tone_manifest))
+    monkeypatch.setattr(module, "run", lambda cfg, out, **kw: seen.update(kw) or out / "report.md")
+    assert main(["study", study, "--recipe", "x.yaml", "--out", str(tmp_path / "s"), *flags]) == 0
+    assert seen["models"] == (list(module.FULL_MODELS) if expected == "FULL" else expected)
+    assert "full" not in (seen["models"] or [])

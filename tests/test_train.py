@@ -168,6 +168,17 @@ def test_min_steps_raises_the_epochs_of_a_small_training_set_and_the_schedule_fo
     assert len(fit(big, tr, va, tmp_path / "enough").history) == 2  # epochs already give >= min_steps
 
 
+def test_epochs_for_min_steps_floor_by_hand():
+    from nfaudio.training.trainer import epochs_for
+
+    assert epochs_for(1, 7, 3) == 3  # ceil(7 / 3)
+    assert epochs_for(5, 7, 3) == 5  # the epochs already give 15 steps
+    assert epochs_for(2, None, 3) == epochs_for(2, 0, 3) == 2  # no floor
+    assert epochs_for(1, 4, 0) == 4  # an empty epoch counts as one step, never a division by zero
+    with pytest.raises(ValueError, match=r"train.min_steps must be .* >= 0 \(null: no floor\), got -5"):
+        epochs_for(1, -5, 3)
+
+
 def test_missing_logger_package_is_a_config_error(tiny_birdclef, tmp_path, monkeypatch):
     import builtins
 

@@ -327,7 +327,13 @@ def loader_steps(rows: int, batch_size: int) -> int:
 def epochs_for(epochs: int, min_steps: int | None, opt_steps_per_epoch: int) -> int:
     """The epochs a run trains: ``epochs`` (``train.epochs``), raised to ``ceil(min_steps / opt_steps_per_epoch)``
     when ``min_steps`` (``train.min_steps``) asks for more optimizer steps than those epochs give (a small training
-    set then gets as many steps as a large one)."""
+    set then gets as many steps as a large one). ``None`` or 0: no floor.
+
+    Raises:
+        ValueError: a negative ``min_steps``.
+    """
+    if min_steps is not None and min_steps < 0:
+        raise ValueError(f"train.min_steps must be a number of optimizer steps >= 0 (null: no floor), got {min_steps}")
     if not min_steps:
         return epochs
     return max(epochs, -(-int(min_steps) // max(1, opt_steps_per_epoch)))
