@@ -24,13 +24,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +41,7 @@ SUMMARY = re.compile(r"in ([\d.]+) s \(([\d.]+)x real time\)")
 
 
 def machine_info() -> dict:
-    import dask
-    import distributed
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-            "dask": dask.__version__, "distributed": distributed.__version__}
+    return machine.machine_info("torch", "dask", "distributed")
 
 
 def make_data(folder: Path, files: int, minutes: float, seed: int = 0) -> list[Path]:

@@ -32,7 +32,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -42,6 +41,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import machine
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,22 +80,9 @@ def has_train_threads_key() -> bool:
 
 
 def machine_info(before_threads: int) -> dict:
-    import torch
-
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    versions = {}
-    for name in ("onnxruntime", "openvino"):
-        try:
-            versions[name] = __import__(name).__version__
-        except ImportError:
-            versions[name] = None
     git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu or platform.processor(),
-            "cpu_count": os.cpu_count(), "usable_cpus": usable_cpus(), "torch": torch.__version__,
-            "torch_threads_fresh_process": before_threads, **versions,
+    return {**machine.machine_info("torch", "onnxruntime", "openvino"), "usable_cpus": usable_cpus(),
+            "torch_threads_fresh_process": before_threads,
             "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
             "code_version": git.stdout.strip() or None}
 

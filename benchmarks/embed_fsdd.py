@@ -30,12 +30,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import pandas as pd
 import torch
@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
               "settings": vars(args), "summary": summary,
               "precision_at_10_mean": statistics.fmean(s["precision_at_10"] for s in search),
               "search": search, "rows": rows, "seconds": time.perf_counter() - t0,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "threads": torch.get_num_threads()}}
+              "machine": {**machine.machine_info("torch"), "threads": torch.get_num_threads()}}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     for entry in summary:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import librosa
+import machine
 import numpy as np
 import soundfile as sf
 import torch
@@ -157,9 +157,7 @@ def main() -> None:
         "agreement": _agreement(),
         "decode_ogg_vorbis_44k1_60s": _decode(max(3, args.repeats // 2)),
         "machine": {
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "torchaudio": torchaudio.__version__, "librosa": librosa.__version__, "numpy": np.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "processor": platform.processor(),
+            **machine.machine_info("torch", "torchaudio", "librosa", "numpy"), "torch_threads": torch.get_num_threads(),
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             "note": "shared machine: other engineers' jobs ran at the same time; see loadavg",
         },

@@ -43,7 +43,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -51,6 +50,7 @@ import time
 import traceback
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -353,8 +353,7 @@ def main() -> int:
     result = {"benchmark": f"CUDA paths and {args.model} training throughput vs a bare timm loop",
               "smoke": args.device != "cuda", "device": args.device, "model": args.model,
               "started_utc": started, "command": " ".join(["python", *sys.argv]), "note": args.note,
-              "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__, "cuda": torch.version.cuda, "cpus": os.cpu_count(),
+              "machine": {**machine.machine_info("torch", "timm"), "cuda": torch.version.cuda,
                           "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
               "data": {"clips": args.clips, "classes": args.classes, "seconds": SECONDS, "sample_rate": SR},
               "parts": parts}

@@ -32,13 +32,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,23 +211,7 @@ def run_child(method: str, store_dir: Path, queries_path: Path, threads: int, wo
 
 
 def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    try:
-        import faiss
-
-        fv = faiss.__version__
-    except ImportError:
-        fv = None
-    try:
-        import usearch
-
-        uv = usearch.__version__
-    except ImportError:
-        uv = None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)), "numpy": np.__version__,
-            "faiss": fv, "usearch": uv, "note": "the 2-core CPU dev machine (shared)"}
+    return {**machine.machine_info("numpy", "faiss", "usearch"), "note": "the 2-core CPU dev machine (shared)"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,13 +26,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import pandas as pd
 
@@ -110,15 +109,11 @@ def main() -> int:
         r["vs_torch_fp32"] = compare_scores(subs[r["case"]], subs["torch fp32"])
     guard = int8_guard(cv, args.tolerance)
 
-    import openvino
-    import torch
 
     result = {
         "benchmark": "int8 (NNCF post-training quantization, OpenVINO) on a trained ensemble: scores and metric",
         "started_utc": started, "command": " ".join([Path(sys.executable).name, *sys.argv]), "note": args.note,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "usable_cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-                    "openvino": openvino.__version__},
+        "machine": machine.machine_info("torch", "openvino", "nncf"),
         "model": {"what": "the built-in demo's 2-fold nfaudio_small SED ensemble (nfaudio.demo), trained",
                   "demo_train_seconds": train_s, "demo_summary": {k: summary[k] for k in ("macro_auc", "padded_cmap",
                                                                                            "n_windows", "n_classes")}},

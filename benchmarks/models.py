@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import machine
 
 MODELS = ("eca_nfnet_l0", "dm_nfnet_f0", "resnet50", "efficientnet_b0")
 SAMPLE_RATE = 32000
@@ -144,12 +145,9 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 def _machine(device: str) -> dict:
-    import timm
     import torch
 
-    info = dict(platform=platform.platform(), python=platform.python_version(), processor=platform.processor(),
-                cpu_count=os.cpu_count(), torch=torch.__version__, timm=timm.__version__,
-                torch_threads=torch.get_num_threads(), device=device)
+    info = {**machine.machine_info("torch", "timm"), "torch_threads": torch.get_num_threads(), "device": device}
     if device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

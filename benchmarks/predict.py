@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import resource
 import subprocess
@@ -27,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,23 +54,10 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "detections": n}))
 
 
 def machine_info() -> dict:
-    import onnxruntime
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    try:
-        import openvino
-
-        ov = openvino.__version__
-    except ImportError:
-        ov = None
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "memory_gib": round(mem, 1) if mem else None, "torch": torch.__version__,
-            "torch_threads_default": torch.get_num_threads(), "onnxruntime": onnxruntime.__version__,
-            "openvino": ov}
+    return {**machine.machine_info("torch", "onnxruntime", "openvino"),
+            "torch_threads_default": torch.get_num_threads()}
 
 
 def make_data(folder: Path, files: int, minutes: float, seed: int = 0) -> list[Path]:

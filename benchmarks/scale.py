@@ -25,7 +25,6 @@ import contextlib
 import datetime
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -33,6 +32,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,15 +44,7 @@ SUMMARY = re.compile(r"in ([\d.]+) s \(([\d.]+)x real time\)")
 
 
 def machine_info() -> dict:
-    import psutil
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0)),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "torch": torch.__version__,
-            "numpy": np.__version__, "psutil": psutil.__version__}
+    return machine.machine_info("torch", "numpy", "psutil")
 
 
 def _signal(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:

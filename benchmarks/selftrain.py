@@ -26,11 +26,12 @@ import argparse
 import datetime
 import json
 import logging
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
+
+import machine
 
 from nfaudio.config import apply_overrides, from_dict
 from nfaudio.demo import demo_config
@@ -44,12 +45,7 @@ SCORES = ("macro_auc", "padded_cmap", "val_score")
 def machine_info() -> dict:
     import torch
 
-    cpu = ""
-    if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "")
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {**machine.machine_info("torch"), "torch_threads": torch.get_num_threads()}
 
 
 def write_result(args: argparse.Namespace, argv: list[str] | None, started: float, **fields: object) -> dict:

@@ -39,6 +39,25 @@ def test_scale_benchmark_tiny(tmp_path: Path) -> None:
     assert result["sets"]["short"]["rss_mib"]["command_peak"] > 0
 
 
+def test_machine_info_of_every_benchmark(monkeypatch) -> None:
+    import importlib
+
+    import numpy as np
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    machine = importlib.import_module("machine")
+    info = machine.machine_info("numpy", "nfaudio_no_such_package")
+    assert (info["numpy"], info["nfaudio_no_such_package"]) == (np.__version__, None)
+    assert 1 <= info["usable_cpus"] <= info["logical_cpus"] == os.cpu_count()
+    assert info["memory_gib"] > 0
+    assert info["cpu"] == machine.cpu_model()
+    if Path("/proc/cpuinfo").exists():
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        if names:
+            assert info["cpu"] == names[0]
+
+
 def test_gpu_benchmark_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
     out = tmp_path / "gpu.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
