@@ -30,12 +30,15 @@ log = logging.getLogger(__name__)
 
 
 # How much a decode worker lowers its scheduling priority (``os.nice`` increment; 0: none). The predictor's model
-# gets every core (nfaudio.runtime.inference_threads), so a worker competes with its threads for a core; a worker
-# at normal priority preempts one of them and the others wait at the next barrier. At nice 10 it decodes in their
-# gaps instead. Measured side by side on 2 cores, 10-min flac, OpenVINO warm (benchmarks/predict_whole.py): a 5-fold
-# eca_nfnet_l0 ensemble 13.3x -> 15.4x real time (inline decoding 15.5x), the demo's 2-fold ensemble 181x -> 237x.
-# Read when a worker starts (workers fork, so a caller may change it first).
-WORKER_NICE = 10
+# gets every core (nfaudio.runtime.inference_threads), so a worker competes with its threads for a core; at normal
+# priority it preempts one of them and the others wait at the next barrier; at the lowest priority it decodes in
+# their gaps. Measured side by side on 2 cores, 10-min flac, OpenVINO warm, 3 rounds (benchmarks/decode_nice.py,
+# benchmarks/results/decode_nice.json), x real time against the worker at nice 0: nice 19 gave 1.01-1.12x on a
+# 5-fold eca_nfnet_l0 ensemble, 1.01-1.20x on the demo's 2-fold ensemble, 1.03-1.27x on 5 folds of nfaudio_tiny;
+# nice 10 was mixed (0.92-1.26x). The cost: where other jobs at normal priority keep every core busy, a worker
+# at nice 19 gets little CPU and the model waits for it; set this to 0 there. Read when a worker starts (workers
+# fork, so a caller may change it first).
+WORKER_NICE = 19
 
 
 def _lower_priority(increment: int) -> None:

@@ -126,7 +126,7 @@ def inference_threads(requested: int | None = None) -> int:
     eca_nfnet_l0 ensemble 6.8x -> 9.5x real time, the demo's 2-fold nfaudio_small 158x -> 190x; only an
     ensemble so light that decoding is a large share of its time loses (5 folds of the 0.03M-parameter
     nfaudio_tiny: 191x -> 164x); ``threads`` (``--threads 1``) restores the old split for such a case. The decode
-    workers run at lower priority (:data:`nfaudio.decode.WORKER_NICE`), so that they decode in the model threads'
+    workers run at the lowest priority (:data:`nfaudio.decode.WORKER_NICE`), so that they decode in the model threads'
     gaps rather than preempting one of them.
 
     Args:

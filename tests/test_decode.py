@@ -136,7 +136,7 @@ def test_negative_timeouts_are_rejected(audio_dir: Path) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="workers fork and read WORKER_NICE there")
-@pytest.mark.parametrize("increment", [10, 0])
+@pytest.mark.parametrize("increment", [19, 5, 0])
 def test_decode_workers_lower_their_priority_by_worker_nice(audio_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                                             increment: int) -> None:
     """The model's threads get the cores first: a worker runs WORKER_NICE steps below its parent (0: level)."""
