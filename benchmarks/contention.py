@@ -81,8 +81,7 @@ def has_train_threads_key() -> bool:
 
 def machine_info(before_threads: int) -> dict:
     git = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=ROOT)
-    return {**machine.machine_info("torch", "onnxruntime", "openvino"), "usable_cpus": usable_cpus(),
-            "torch_threads_fresh_process": before_threads,
+    return {**machine.machine_info("torch", "onnxruntime", "openvino"), "torch_threads_fresh_process": before_threads,
             "thread_env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ},
             "code_version": git.stdout.strip() or None}
 

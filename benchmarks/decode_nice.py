@@ -1,7 +1,7 @@
 """The decode worker's priority during prediction, side by side: worker at nice 0, 10 and 19 (the default,
 ``nfaudio.decode.WORKER_NICE``; 10 was the default when ``benchmarks/results/decode_nice.json`` was measured, hence
-its label there), and decoding inline, each a fresh ``nfaudio predict``-like process
-(OpenVINO, warm export cache, every core for the model) on one long recording; repeated in rounds so that the
+its label there), and decoding inline, each a fresh ``nfaudio predict``-like process (``predict_whole.run``:
+OpenVINO, warm export cache, every core for the model) on one long recording; repeated in rounds so that the
 cases interleave. Reuses ``benchmarks/predict_whole.py``'s recording and ensembles (made when missing).
 
 Usage:
@@ -13,24 +13,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import machine
 import predict_whole as pw
 
-RUNNER = """
-import sys
-import nfaudio.decode
-nfaudio.decode.WORKER_NICE = int(sys.argv[4])  # read by each decode worker as it starts (they fork)
-from nfaudio.predict import Predictor
-p = Predictor.from_checkpoint(sys.argv[1], backend="openvino", num_workers=int(sys.argv[3]), batch_size=32)
-print(p.predict_to_dir([sys.argv[2]], sys.argv[5], formats=["submission"], overwrite=True, progress=False))
-"""
+from nfaudio.runtime import usable_cores
+
 CASES = [("worker nice 0", 1, 0), ("worker nice 10", 1, 10), ("worker nice 19", 1, 19), ("inline", 0, 0)]
 
 
@@ -51,31 +42,37 @@ def main() -> int:
     if args.eca:
         ensembles["5fold_eca_nfnet_l0"] = pw.make_cv(args.work / "eca5", "eca_nfnet_l0", 5, pw.ECA_FRONTEND,
                                                      classes=182, trained_like=True)
-    env = {**os.environ, "PYTHONPATH": str(pw.ROOT)}
-    for model in ensembles.values():  # fill the export cache: every case below is warm
-        subprocess.run([sys.executable, "-c", RUNNER, str(model), str(audio), "1", "19", str(args.work / "warm")],
-                       check=True, capture_output=True, env=env)
+    cores = usable_cores()  # every core for the model, as prediction's default gives it
+
+    def predict(ens: str, model: Path, out: str, workers: int, nice: int) -> dict:
+        """One fresh process, as predict_whole's runs (OpenVINO, shared frontend, fp32)."""
+        return pw.run(model, audio, args.work / out / ens, "openvino", True, cores, audio_s, workers=workers,
+                      nice=nice)
+
+    for ens, model in ensembles.items():  # fill the export cache: every case below is warm
+        warm = predict(ens, model, "warm", 1, 0)
+        if "error" in warm:
+            raise SystemExit(f"{ens}: {warm['error']}")
     runs = []
     for rep in range(args.repeats):
         for ens, model in ensembles.items():
             for case, workers, nice in CASES:
-                t0 = time.perf_counter()
-                proc = subprocess.run([sys.executable, "-c", RUNNER, str(model), str(audio), str(workers), str(nice),
-                                       str(args.work / "nice" / f"{ens}-{case}")], capture_output=True, text=True,
-                                      env=env)
-                wall = time.perf_counter() - t0
-                row = {"ensemble": ens, "case": case, "round": rep, "rc": proc.returncode,
-                       "xrt_wall": round(audio_s / wall, 1)}
+                row = {"ensemble": ens, "case": case, "round": rep,
+                       **predict(ens, model, f"nice/{case}", workers, nice)}
                 print(json.dumps(row), file=sys.stderr, flush=True)
                 runs.append(row)
+    failed = [r for r in runs if "error" in r]
     summary = {}
     for ens in ensembles:
-        base = {r["round"]: r["xrt_wall"] for r in runs if r["ensemble"] == ens and r["case"] == CASES[0][0]}
-        summary[ens] = {case: {"median_xrt_wall": statistics.median(
-            r["xrt_wall"] for r in runs if r["ensemble"] == ens and r["case"] == case),
-            "ratio_to_nice_0_per_round": [round(r["xrt_wall"] / base[r["round"]], 3) for r in runs
-                                          if r["ensemble"] == ens and r["case"] == case]}
-            for case, _, _ in CASES}
+        base = {r["round"]: r["xrt_wall"] for r in runs
+                if r["ensemble"] == ens and r["case"] == CASES[0][0] and "error" not in r}
+        summary[ens] = {}
+        for case, _, _ in CASES:
+            mine = [r for r in runs if r["ensemble"] == ens and r["case"] == case and "error" not in r]
+            summary[ens][case] = {
+                "median_xrt_wall": statistics.median(r["xrt_wall"] for r in mine) if mine else None,
+                "ratio_to_nice_0_per_round": [round(r["xrt_wall"] / base[r["round"]], 3) for r in mine
+                                              if r["round"] in base]}
     result = {"benchmark": "decode worker priority during prediction (OpenVINO warm, every core for the model)",
               "started_utc": started, "command": " ".join(["python", *sys.argv]), "note": args.note,
               "machine": machine.machine_info("torch", "openvino"),
@@ -83,7 +80,7 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=1))
-    return 0 if all(r["rc"] == 0 for r in runs) else 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

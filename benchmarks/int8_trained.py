@@ -34,14 +34,12 @@ from pathlib import Path
 import machine
 import numpy as np
 import pandas as pd
+from predict_whole import int8_guard
 
 from nfaudio.metrics import score_submission
 from nfaudio.predict import Predictor
 from nfaudio.predict_run import run_prediction
 from nfaudio.quantize import Int8Options, rank_correlation
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from predict_whole import int8_guard  # noqa: E402
 
 
 def compare_scores(got: pd.DataFrame, ref: pd.DataFrame) -> dict:
@@ -108,7 +106,6 @@ def main() -> int:
     for r in runs[1:]:
         r["vs_torch_fp32"] = compare_scores(subs[r["case"]], subs["torch fp32"])
     guard = int8_guard(cv, args.tolerance)
-
 
     result = {
         "benchmark": "int8 (NNCF post-training quantization, OpenVINO) on a trained ensemble: scores and metric",

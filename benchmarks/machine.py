@@ -34,9 +34,11 @@ def package_versions(*names: str) -> dict[str, str | None]:
 
 
 def machine_info(*packages: str) -> dict:
-    """Platform, Python, CPU model, logical and usable CPUs, memory, and the versions of ``packages``."""
+    """Platform, Python, CPU model, logical and usable CPUs (:func:`nfaudio.runtime.usable_cores`, the count the
+    thread policy works from), memory, and the versions of ``packages``."""
+    from nfaudio.runtime import usable_cores
+
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30 if hasattr(os, "sysconf") else None
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu_model(),
-            "logical_cpus": os.cpu_count(), "usable_cpus": usable, "memory_gib": round(mem, 1) if mem else None,
-            **package_versions(*packages)}
+            "logical_cpus": os.cpu_count(), "usable_cpus": usable_cores(),
+            "memory_gib": round(mem, 1) if mem else None, **package_versions(*packages)}
